@@ -1,0 +1,163 @@
+"""The preview backend: a CPU renderer that draws a deterministic picture from the prompt.
+
+It makes the whole pipeline usable with no GPU. Same prompt, negative prompt, seed, size and format give the
+same bytes; the picture is visibly a preview (a PREVIEW badge and the prompt text drawn on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import colorsys
+import hashlib
+import io
+import random
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from gateway.backends.base import Adapter, GeneratedImage, GenerationRequest, ProgressCallback
+
+# Fonts with CJK glyphs, used when installed (e.g. Debian fonts-wqy-zenhei / fonts-noto-cjk); else Pillow's own font.
+_CJK_FONTS = (
+    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
+    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
+    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
+    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+)
+_SAVE_OPTIONS: dict[str, dict[str, Any]] = {
+    "png": {"format": "PNG", "compress_level": 6},
+    "jpeg": {"format": "JPEG", "quality": 90},
+    "webp": {"format": "WEBP", "quality": 85, "method": 4},
+}
+
+FontT = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+@lru_cache(maxsize=32)
+def _font(size: int, cjk: bool) -> FontT:
+    if cjk:
+        for path in _CJK_FONTS:
+            if Path(path).exists():
+                return ImageFont.truetype(path, size)
+    return ImageFont.load_default(size=size)
+
+
+def _palette(prompt: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Two colours that depend only on the prompt, so one prompt keeps its look across seeds."""
+    digest = hashlib.sha256(prompt.encode()).digest()
+    hue = digest[0] / 255
+
+    def rgb(h: float, lightness: float, saturation: float) -> tuple[int, int, int]:
+        r, g, b = colorsys.hls_to_rgb(h % 1.0, lightness, saturation)
+        return int(r * 255), int(g * 255), int(b * 255)
+
+    return rgb(hue, 0.22, 0.55), rgb(hue + 0.12 + digest[1] / 1020, 0.62, 0.65)
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: FontT, max_width: float, max_lines: int) -> list[str]:
+    """Greedy wrap that also breaks inside long words and CJK runs (which have no spaces)."""
+    lines: list[str] = []
+    line = ""
+    for char in " ".join(text.split()):
+        candidate = line + char
+        if draw.textlength(candidate, font=font) <= max_width or not line:
+            line = candidate
+            continue
+        cut = line.rfind(" ")
+        if char != " " and cut > len(line) // 2:
+            lines.append(line[:cut])
+            line = line[cut + 1 :] + char
+        else:
+            lines.append(line.rstrip())
+            line = char.lstrip()
+        if len(lines) == max_lines:
+            break
+    if len(lines) < max_lines and line:
+        lines.append(line)
+    if len(lines) == max_lines and draw.textlength(" ".join(text.split()), font=font) > max_width * max_lines:
+        lines[-1] = lines[-1][: max(0, len(lines[-1]) - 1)] + "…"
+    return lines
+
+
+def render(request: GenerationRequest, index: int) -> GeneratedImage:
+    """Draw image ``index`` of ``request`` (seed ``request.seed + index``) and encode it."""
+    width, height, seed = request.width, request.height, request.seed + index
+    rng = random.Random(f"{request.prompt}\x00{request.negative_prompt}\x00{seed}")  # noqa: S311 - not crypto
+    dark, light = _palette(request.prompt)
+
+    linear = Image.linear_gradient("L").rotate(rng.choice((0, 90, 180, 270)))
+    ox, oy = rng.randint(0, 128), rng.randint(0, 128)
+    radial = Image.radial_gradient("L").resize((384, 384)).crop((ox, oy, ox + 256, oy + 256))
+    gradient = Image.blend(linear, radial, 0.5)
+    image = ImageOps.colorize(gradient.resize((width, height), Image.Resampling.BILINEAR), dark, light).convert("RGBA")
+
+    overlay = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    shapes = ImageDraw.Draw(overlay)
+    for _ in range(rng.randint(6, 12)):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        radius = rng.uniform(0.05, 0.3) * min(width, height)
+        colour = (rng.randint(0, 255), rng.randint(0, 255), rng.randint(0, 255), rng.randint(50, 140))
+        box = (cx - radius, cy - radius, cx + radius, cy + radius)
+        if rng.random() < 0.6:
+            shapes.ellipse(box, fill=colour)
+        else:
+            shapes.rounded_rectangle(box, radius=radius / 4, fill=colour)
+    image = Image.alpha_composite(image, overlay)
+
+    draw = ImageDraw.Draw(image)
+    cjk = any(ord(c) > 0x2E80 for c in request.prompt)
+    unit = max(8, min(width, height) // 24)
+    margin = unit
+    badge_font = _font(unit, False)
+    badge = f"PREVIEW  seed {seed}"
+    badge_w = draw.textlength(badge, font=badge_font)
+    draw.rounded_rectangle(
+        (margin // 2, margin // 2, margin // 2 + badge_w + unit, margin // 2 + unit * 1.6),
+        radius=unit // 3,
+        fill=(255, 214, 0, 235),
+    )
+    draw.text((margin // 2 + unit // 2, margin // 2 + unit * 0.3), badge, font=badge_font, fill=(20, 20, 20, 255))
+
+    text_font = _font(max(8, unit * 3 // 4), cjk)
+    lines = _wrap(draw, request.prompt, text_font, width - 2 * margin, max_lines=6)
+    line_h = int(unit * 1.05)
+    panel_top = height - margin - line_h * len(lines)
+    panel = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    ImageDraw.Draw(panel).rectangle((0, panel_top - margin // 2, width, height), fill=(0, 0, 0, 150))
+    image = Image.alpha_composite(image, panel)
+    draw = ImageDraw.Draw(image)
+    for i, line in enumerate(lines):
+        draw.text((margin, panel_top + i * line_h), line, font=text_font, fill=(255, 255, 255, 255))
+
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, **_SAVE_OPTIONS[request.output_format])
+    return GeneratedImage(data=buffer.getvalue(), format=request.output_format, width=width, height=height, seed=seed)
+
+
+class PreviewAdapter(Adapter):
+    """The built-in renderer. ``step_ms`` simulates GPU time per step so that progress and cancel can be seen."""
+
+    kind = "preview"
+
+    def __init__(self, name: str = "preview", *, step_ms: float = 0.0, models: str = "*") -> None:
+        super().__init__(name)
+        self.step_ms = step_ms
+        self.models = {m.strip() for m in models.split(",") if m.strip()}
+
+    def serves(self, model: str | None) -> bool:
+        return model is None or "*" in self.models or model in self.models
+
+    async def generate(self, request: GenerationRequest, progress: ProgressCallback) -> list[GeneratedImage]:
+        total = request.steps * request.n
+        if self.step_ms > 0:
+            for step in range(total):
+                await asyncio.sleep(self.step_ms / 1000)
+                await progress((step + 1) / (total + 1))
+        images = []
+        for index in range(request.n):
+            # Off the event loop: Pillow releases the GIL while it draws and encodes.
+            images.append(await asyncio.to_thread(render, request, index))
+        await progress(1.0)
+        return images

@@ -1,0 +1,199 @@
+"""The ``imagegate`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import Settings, get_settings
+from gateway.db.engine import create_engine, create_sessionmaker, transaction
+from gateway.db.migrate import upgrade
+from gateway.errors import ImagegateError
+from gateway.observability.logging import configure_logging
+from gateway.systems import repository as systems_repository
+from gateway.systems import service as systems_service
+
+app = typer.Typer(help="Imagegate: an enterprise gateway to GPU image-generation servers.", no_args_is_help=True)
+systems_app = typer.Typer(help="Calling systems (crm, oa, design, ...).", no_args_is_help=True)
+tokens_app = typer.Typer(help="API keys of systems.", no_args_is_help=True)
+app.add_typer(systems_app, name="systems")
+app.add_typer(tokens_app, name="tokens")
+
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+@app.callback()
+def _main() -> None:
+    """Every command first brings an embedded SQLite database up to date."""
+    settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.is_sqlite:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        asyncio.run(upgrade(settings.database_url))
+
+
+def _with_session(work: Callable[[Any], Awaitable[T]]) -> T:
+    """Run ``work(session)`` in one committed transaction; typed errors become a one-line message and exit 1."""
+
+    async def runner() -> T:
+        engine = create_engine(get_settings().database_url)
+        try:
+            async with transaction(create_sessionmaker(engine)) as session:
+                return await work(session)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(runner())
+    except ImagegateError as exc:
+        err.print(f"[red]error:[/red] {exc.message}")
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    demo: Annotated[bool, typer.Option(help="Create the demo systems crm, oa, design and print their keys.")] = False,
+) -> None:
+    """Run the gateway (API and, without Redis, the embedded job runner)."""
+    import uvicorn
+
+    from gateway.main import create_app
+
+    settings = get_settings()
+    if demo:
+        _print_demo(settings, host, port)
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, proxy_headers=True)
+
+
+def _print_demo(settings: Settings, host: str, port: int) -> None:
+    from gateway.systems.demo import ensure_demo_systems
+
+    async def run() -> dict[str, str]:
+        engine = create_engine(settings.database_url)
+        try:
+            return await ensure_demo_systems(create_sessionmaker(engine), settings.var_dir)
+        finally:
+            await engine.dispose()
+
+    tokens = asyncio.run(run())
+    base = f"http://{host}:{port}"
+    out = Console()
+    out.print(f"\n[bold]Imagegate demo[/bold] on {base}  (API docs: {base}/docs)\n")
+    for name, token in tokens.items():
+        out.print(f"  {name:<7} {token}", soft_wrap=True, highlight=False)
+    example = tokens.get("crm", "")
+    out.print(
+        "\nTry it:\n"
+        f"  curl -s -H 'Authorization: Bearer {example}' -H 'Content-Type: application/json' \\\n"
+        f'       -d \'{{"prompt": "a red bicycle, product photo", "width": 512, "height": 512}}\' '
+        f"{base}/v1/jobs\n",
+        soft_wrap=True,
+        highlight=False,
+    )
+
+
+@app.command()
+def worker(
+    burst: Annotated[bool, typer.Option(help="Exit when the queue is empty.")] = False,
+) -> None:
+    """Run an arq worker (distributed mode: needs IMAGEGATE_REDIS_URL)."""
+    from gateway.jobs.worker import build_worker
+
+    settings = get_settings()
+    if not settings.distributed:
+        err.print(
+            "[red]error:[/red] `imagegate worker` needs IMAGEGATE_REDIS_URL; "
+            "without Redis, `imagegate serve` runs jobs itself."
+        )
+        raise typer.Exit(2)
+    build_worker(settings, burst=burst).run()
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the database schema up to date (run once per release against PostgreSQL)."""
+    asyncio.run(upgrade(get_settings().database_url))
+    Console().print("database is up to date")
+
+
+@systems_app.command("add")
+def systems_add(
+    name: Annotated[str, typer.Argument(help="System name, e.g. crm.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated scopes, e.g. generate,batch.")] = "generate",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Create a system and its first API key (printed once, as the last line)."""
+    issued = _with_session(lambda s: systems_service.create_system(s, name=name, scopes=scopes))
+    _print_issued(issued, as_json)
+
+
+def _print_issued(issued: systems_service.IssuedToken, as_json: bool) -> None:
+    if as_json:
+        payload = {
+            "system": issued.system.name,
+            "system_id": issued.system.id,
+            "scopes": issued.system.scopes,
+            "token": issued.secret,
+            "token_prefix": issued.token.prefix,
+        }
+        sys.stdout.write(json.dumps(payload) + "\n")
+        return
+    err.print(f"system {issued.system.name} ({', '.join(issued.system.scopes)}): key {issued.token.prefix}…")
+    err.print("Store this key now; it is not shown again.")
+    sys.stdout.write(issued.secret + "\n")
+
+
+@systems_app.command("list")
+def systems_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """List systems with their scopes and keys."""
+
+    async def work(session: Any) -> list[dict[str, Any]]:
+        rows = []
+        for system in await systems_repository.list_systems(session):
+            tokens = await systems_repository.tokens_of(session, system.id)
+            rows.append(
+                {
+                    "name": system.name,
+                    "scopes": system.scopes,
+                    "tokens": [{"prefix": t.prefix, "revoked": t.revoked_at is not None} for t in tokens],
+                }
+            )
+        return rows
+
+    rows = _with_session(work)
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    table = Table("system", "scopes", "active keys", "revoked")
+    for row in rows:
+        active = [t["prefix"] for t in row["tokens"] if not t["revoked"]]
+        table.add_row(row["name"], ",".join(row["scopes"]), " ".join(active), str(len(row["tokens"]) - len(active)))
+    Console().print(table)
+
+
+@tokens_app.command("issue")
+def tokens_issue(
+    name: Annotated[str, typer.Argument(help="System name.")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Issue another API key for a system (e.g. to rotate: issue, deploy, then revoke the old one)."""
+    _print_issued(_with_session(lambda s: systems_service.issue_token(s, system_name=name)), as_json)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix (igw_ + 8 characters) or the key.")],
+) -> None:
+    """Revoke an API key; it is refused from the next request on."""
+    token = _with_session(lambda s: systems_service.revoke_token(s, prefix=prefix))
+    Console().print(f"revoked {token.prefix}…")

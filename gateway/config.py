@@ -1,0 +1,83 @@
+"""Settings: one pydantic-settings class, read from ``IMAGEGATE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDER_SECRET = "change-me-in-production"  # noqa: S105 - a marker that is refused outside development
+
+
+class Settings(BaseSettings):
+    """Every knob of the gateway. Unset values fall back to the embedded default (SQLite, embedded queue)."""
+
+    model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", env_file=".env", extra="ignore")
+
+    env: Literal["development", "production", "test"] = "development"
+    database_url: str = "sqlite+aiosqlite:///./var/imagegate.db"
+    redis_url: str | None = None
+    asset_dir: Path = Path("./var/assets")
+    var_dir: Path = Path("./var")
+    public_url: str | None = Field(
+        default=None,
+        description="Base URL used in links to assets; defaults to the URL the request came in on.",
+    )
+    secret_key: str = PLACEHOLDER_SECRET
+
+    queue_name: str = "imagegate:queue"
+    embedded_concurrency: int = Field(default=2, ge=1, le=64, description="Jobs the embedded runner runs at once.")
+    worker_concurrency: int = Field(default=4, ge=1, le=256, description="Jobs one arq worker runs at once.")
+    job_lease_seconds: float = Field(default=30.0, gt=0)
+    job_max_attempts: int = Field(default=3, ge=1)
+    job_timeout_seconds: int = Field(default=3600, ge=1)
+    reconcile_seconds: float = Field(default=15.0, gt=0)
+    reconcile_grace_seconds: float = Field(default=10.0, ge=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+
+    preview_step_ms: float = Field(default=0.0, ge=0, description="Simulated GPU time per step of the preview backend.")
+    preview_models: str = "*"
+
+    log_level: str = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("redis_url", "public_url", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """Accept the plain URLs operators write and pick the async driver the gateway needs."""
+        for plain, driver in (
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("postgres://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if value.startswith(plain):
+                return driver + value[len(plain) :]
+        return value
+
+    @model_validator(mode="after")
+    def _no_placeholder_secret_in_production(self) -> Settings:
+        if self.env == "production" and self.secret_key == PLACEHOLDER_SECRET:
+            raise ValueError("IMAGEGATE_SECRET_KEY must be set to a real secret when IMAGEGATE_ENV=production")
+        return self
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def distributed(self) -> bool:
+        """True when jobs travel through arq on Redis instead of the embedded runner."""
+        return self.redis_url is not None
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,55 @@
+"""Bring a database schema up to date with the Alembic migrations shipped inside the package."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+
+from gateway.db.engine import create_engine
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+_LOCK_ID = 0x1A6E6A7E  # one advisory lock for every process migrating the same PostgreSQL database
+
+
+def alembic_config() -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+def _upgrade(connection: Connection, cfg: Config) -> None:
+    cfg.attributes["connection"] = connection
+    command.upgrade(cfg, "head")
+
+
+def _is_current(connection: Connection, cfg: Config) -> bool:
+    heads = set(ScriptDirectory.from_config(cfg).get_heads())
+    return set(MigrationContext.configure(connection).get_current_heads()) == heads
+
+
+async def upgrade(database_url: str) -> None:
+    """Migrate to head. Safe to call from several processes at once (PostgreSQL advisory lock, SQLite write lock)."""
+    cfg = alembic_config()
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            if conn.dialect.name == "postgresql":
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+            await conn.run_sync(_upgrade, cfg)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+async def is_current(database_url: str) -> bool:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_is_current, alembic_config())
+    finally:
+        await engine.dispose()

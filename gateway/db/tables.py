@@ -1,0 +1,7 @@
+"""Import every table module so that ``SQLModel.metadata`` knows the whole schema (Alembic, tests)."""
+
+from gateway.assets.models import Asset
+from gateway.jobs.models import Job
+from gateway.systems.models import System, Token
+
+__all__ = ["Asset", "Job", "System", "Token"]

@@ -1,0 +1,73 @@
+"""One error base class; every expected failure is a subclass that carries its HTTP status and code.
+
+Rendered to the single native envelope ``{"error": {"code", "message", "details"?}}``. Only a bug is a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ImagegateError(Exception):
+    """An expected failure with an HTTP status, a stable machine-readable code and a human message."""
+
+    status_code: int = 400
+    code: str = "bad_request"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: Any = None,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers
+        if code is not None:
+            self.code = code
+
+    def envelope(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.details is not None:
+            body["details"] = self.details
+        return {"error": body}
+
+
+class Unauthorized(ImagegateError):
+    status_code = 401
+    code = "unauthorized"
+
+    def __init__(self) -> None:
+        # One body for every authentication failure: missing, malformed, unknown, revoked, expired.
+        super().__init__(
+            "A valid bearer token is required.",
+            headers={"WWW-Authenticate": 'Bearer realm="imagegate"'},
+        )
+
+
+class Forbidden(ImagegateError):
+    status_code = 403
+    code = "insufficient_scope"
+
+
+class NotFound(ImagegateError):
+    status_code = 404
+    code = "not_found"
+
+
+class Conflict(ImagegateError):
+    status_code = 409
+    code = "conflict"
+
+
+class ValidationFailed(ImagegateError):
+    status_code = 422
+    code = "validation_error"
+
+
+class ServiceUnavailable(ImagegateError):
+    status_code = 503
+    code = "unavailable"

@@ -1,0 +1,78 @@
+"""Exception handlers: every error on a native route renders to ``{"error": {"code", "message", "details"?}}``."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gateway.errors import ImagegateError
+
+log = structlog.get_logger("gateway.errors")
+
+_HTTP_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    if loc and loc[0] in ("query", "header", "path"):
+        parts = [str(p) for p in loc[1:]]
+    return ".".join(parts) or "body"
+
+
+def _envelope(status: int, code: str, message: str, details: Any = None, headers: dict[str, str] | None = None):
+    body: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        body["details"] = details
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+async def imagegate_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ImagegateError)
+    return JSONResponse(exc.envelope(), status_code=exc.status_code, headers=exc.headers)
+
+
+async def validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = []
+    for error in exc.errors():
+        field = _field(tuple(error.get("loc", ())))
+        message = str(error.get("msg", "invalid"))
+        if error.get("type") == "extra_forbidden":
+            message = "Unknown field"
+        details.append({"field": field, "message": message, "type": error.get("type")})
+    summary = "; ".join(f"{d['field']}: {d['message']}" for d in details[:5]) or "Invalid request"
+    return _envelope(422, "validation_error", summary, details)
+
+
+async def http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    status = exc.status_code
+    code = _HTTP_CODES.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_"))
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
+    return _envelope(status, code, message, headers=getattr(exc, "headers", None))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """A bug. Logged with its traceback; the client gets no internals, only the request id to report."""
+    request_id = getattr(request.state, "request_id", None) or request.scope.get("state", {}).get("request_id")
+    log.error("unhandled_error", exc_info=exc, path=request.url.path)
+    headers = {"X-Request-ID": request_id} if request_id else None
+    return _envelope(500, "internal_error", "An internal error occurred.", {"request_id": request_id}, headers)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(ImagegateError, imagegate_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected_error)

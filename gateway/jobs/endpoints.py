@@ -1,0 +1,92 @@
+"""Native jobs API: submit, read, list, cancel."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import structlog
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+
+from gateway.auth.dependencies import Authenticator
+from gateway.deps import BaseUrlDep, ResourcesDep, SessionDep
+from gateway.jobs import service
+from gateway.jobs.models import JobStatus
+from gateway.jobs.schemas import JobCreate, JobList, JobRead
+from gateway.systems.service import Principal
+from policies.scopes import Scope
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+log = structlog.get_logger("gateway.jobs")
+
+Submitter = Annotated[Principal, Depends(Authenticator(any_of={Scope.generate}))]
+Reader = Annotated[Principal, Depends(Authenticator(any_of={Scope.generate, Scope.batch}))]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[\x21-\x7e]+$",
+        description="Retry-safe submission: the same key and body return the same job.",
+    ),
+]
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)
+async def submit_job(
+    body: JobCreate,
+    principal: Submitter,
+    session: SessionDep,
+    res: ResourcesDep,
+    base: BaseUrlDep,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRead:
+    """Queue a generation job; it runs asynchronously (poll it, or wait for its callback)."""
+    job, created = await service.create_job(session, principal=principal, body=body, idempotency_key=idempotency_key)
+    await session.commit()
+    if created:
+        try:
+            assert job.queue_ref is not None
+            await res.queue.enqueue(job.id, job.queue_ref)
+        except Exception:
+            # Committed means accepted: the reconciler enqueues it once the queue is back.
+            log.exception("job.enqueue_failed", job_id=job.id)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
+    assets = await service.assets_of(session, [job])
+    return JobRead.of(job, assets.get(job.id, []), base)
+
+
+@router.get("", response_model=JobList)
+async def list_jobs(
+    principal: Reader,
+    session: SessionDep,
+    base: BaseUrlDep,
+    status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
+    cursor: Annotated[str | None, Query(max_length=40, pattern=r"^job_[0-9a-f]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JobList:
+    """List the caller's jobs, newest first."""
+    jobs, next_cursor = await service.list_jobs(
+        session, principal=principal, status=status_filter, cursor=cursor, limit=limit
+    )
+    assets = await service.assets_of(session, jobs)
+    return JobList(items=[JobRead.of(j, assets.get(j.id, []), base) for j in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobRead)
+async def get_job(job_id: str, principal: Reader, session: SessionDep, base: BaseUrlDep) -> JobRead:
+    """Read one job: status, progress, parameters with the resolved seed, error and assets."""
+    job = await service.get_job(session, principal=principal, job_id=job_id)
+    assets = await service.assets_of(session, [job])
+    return JobRead.of(job, assets.get(job.id, []), base)
+
+
+@router.post("/{job_id}/cancel", response_model=JobRead)
+async def cancel_job(job_id: str, principal: Submitter, session: SessionDep, base: BaseUrlDep) -> JobRead:
+    """Cancel a queued or running job."""
+    job = await service.cancel_job(session, principal=principal, job_id=job_id)
+    await session.commit()
+    return JobRead.of(job, [], base)

@@ -1,0 +1,54 @@
+"""The reconciler: the database is the truth, so jobs it says should be queued are put (back) in the queue.
+
+It repairs a lost queue entry (Redis restarted or flushed, an enqueue that failed after commit) and a
+worker that died mid-job (its lease expired), and fails jobs that exhausted their attempts.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import structlog
+
+from gateway.common.time import utcnow
+from gateway.db.engine import transaction
+from gateway.jobs import repository
+from gateway.jobs.models import JobStatus
+from gateway.jobs.queue import queue_ref
+
+if TYPE_CHECKING:
+    from gateway.resources import Resources
+
+log = structlog.get_logger("gateway.reconciler")
+
+
+async def fail_exhausted(res: Resources) -> list[str]:
+    async with transaction(res.sessionmaker) as session:
+        failed = await repository.fail_exhausted(session, now=utcnow(), max_attempts=res.settings.job_max_attempts)
+    for job_id in failed:
+        log.warning("job.failed", job_id=job_id, code="worker_lost")
+    return failed
+
+
+async def reconcile(res: Resources) -> list[str]:
+    """One pass; returns the ids of the jobs it re-enqueued."""
+    await fail_exhausted(res)
+    settings = res.settings
+    now = utcnow()
+    async with transaction(res.sessionmaker) as session:
+        candidates = await repository.lost_candidates(
+            session, now=now, grace=settings.reconcile_grace_seconds, max_attempts=settings.job_max_attempts
+        )
+    requeued = []
+    for job in candidates:
+        lease_expired = job.status == JobStatus.running.value
+        if not lease_expired and job.queue_ref and await res.queue.is_pending(job.queue_ref):
+            continue
+        generation = int(job.queue_ref.rsplit(":", 1)[1]) + 1 if job.queue_ref else 0
+        ref = queue_ref(job.id, generation)
+        async with transaction(res.sessionmaker) as session:
+            await repository.set_queue_ref(session, job.id, ref, now=utcnow())
+        await res.queue.enqueue(job.id, ref)
+        requeued.append(job.id)
+        log.info("job.requeued", job_id=job.id, ref=ref, reason="lease expired" if lease_expired else "entry lost")
+    return requeued

@@ -1,0 +1,205 @@
+"""SQL for jobs. State changes are conditional updates, so that concurrent workers and cancels stay consistent."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, or_, update
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import ColumnElement
+from sqlmodel import col, select
+
+from gateway.jobs.models import Job, JobStatus
+
+_RUNNING = JobStatus.running.value
+_QUEUED = JobStatus.queued.value
+
+
+def _held(job_id: str, lease_token: str) -> ColumnElement[bool]:
+    """The job is still running under this lease (not cancelled, not taken over by another worker)."""
+    return and_(col(Job.id) == job_id, col(Job.status) == _RUNNING, col(Job.lease_token) == lease_token)
+
+
+def _claimable(now: datetime, max_attempts: int) -> ColumnElement[bool]:
+    return and_(
+        or_(
+            col(Job.status) == _QUEUED,
+            and_(col(Job.status) == _RUNNING, col(Job.lease_expires_at) < now),
+        ),
+        col(Job.attempts) < max_attempts,
+    )
+
+
+async def get_for_system(session: AsyncSession, job_id: str, system_id: str) -> Job | None:
+    """The job if it belongs to the system; another system's job is indistinguishable from a missing one."""
+    result = await session.execute(select(Job).where(Job.id == job_id, Job.system_id == system_id))
+    return result.scalar_one_or_none()
+
+
+async def get(session: AsyncSession, job_id: str) -> Job | None:
+    return await session.get(Job, job_id, populate_existing=True)
+
+
+async def by_idempotency_key(session: AsyncSession, system_id: str, key: str) -> Job | None:
+    result = await session.execute(select(Job).where(Job.system_id == system_id, Job.idempotency_key == key))
+    return result.scalar_one_or_none()
+
+
+async def list_for_system(
+    session: AsyncSession, system_id: str, *, status: str | None, cursor: str | None, limit: int
+) -> Sequence[Job]:
+    query = select(Job).where(Job.system_id == system_id)
+    if status is not None:
+        query = query.where(Job.status == status)
+    if cursor is not None:
+        query = query.where(col(Job.id) < cursor)
+    result = await session.execute(query.order_by(col(Job.id).desc()).limit(limit))
+    return result.scalars().all()
+
+
+async def claim(
+    session: AsyncSession,
+    job_id: str,
+    *,
+    owner: str,
+    lease_token: str,
+    now: datetime,
+    ttl: float,
+    max_attempts: int,
+) -> bool:
+    """Take the job for one run: queued, or running under a lease that expired (its worker died)."""
+    result = await session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, _claimable(now, max_attempts))
+        .values(
+            status=_RUNNING,
+            lease_owner=owner,
+            lease_token=lease_token,
+            lease_expires_at=now + timedelta(seconds=ttl),
+            attempts=col(Job.attempts) + 1,
+            progress=0.0,
+            started_at=now,
+        )
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def heartbeat(
+    session: AsyncSession, job_id: str, lease_token: str, *, now: datetime, ttl: float, progress: float
+) -> bool:
+    """Extend the lease and record progress; False when the job was cancelled or taken over."""
+    result = await session.execute(
+        update(Job)
+        .where(_held(job_id, lease_token))
+        .values(lease_expires_at=now + timedelta(seconds=ttl), progress=progress)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def set_backend(session: AsyncSession, job_id: str, lease_token: str, backend: str) -> None:
+    await session.execute(update(Job).where(_held(job_id, lease_token)).values(backend=backend))
+
+
+async def finish(
+    session: AsyncSession,
+    job_id: str,
+    lease_token: str,
+    *,
+    status: JobStatus,
+    now: datetime,
+    error_code: str | None = None,
+    error_message: str | None = None,
+) -> bool:
+    """Move a running job to a terminal state, only if this run still holds it."""
+    values: dict[str, Any] = {
+        "status": status.value,
+        "finished_at": now,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "error_code": error_code,
+        "error_message": error_message,
+    }
+    if status is JobStatus.succeeded:
+        values["progress"] = 1.0
+    result = await session.execute(update(Job).where(_held(job_id, lease_token)).values(**values))
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def release(session: AsyncSession, job_id: str, lease_token: str) -> bool:
+    """Give a running job back to the queue (graceful shutdown): the interrupted run does not count as an attempt."""
+    result = await session.execute(
+        update(Job)
+        .where(_held(job_id, lease_token))
+        .values(
+            status=_QUEUED,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            progress=0.0,
+            attempts=col(Job.attempts) - 1,
+        )
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def cancel(session: AsyncSession, job_id: str, *, now: datetime) -> bool:
+    result = await session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.status).in_([_QUEUED, _RUNNING]))
+        .values(status=JobStatus.cancelled.value, finished_at=now, lease_token=None, lease_expires_at=None)
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def claimable_ids(
+    session: AsyncSession, *, now: datetime, max_attempts: int, limit: int, exclude: Sequence[str] = ()
+) -> list[str]:
+    query = select(Job.id).where(_claimable(now, max_attempts))
+    if exclude:
+        query = query.where(col(Job.id).not_in(list(exclude)))
+    result = await session.execute(query.order_by(col(Job.created_at), col(Job.id)).limit(limit))
+    return list(result.scalars())
+
+
+async def fail_exhausted(session: AsyncSession, *, now: datetime, max_attempts: int) -> list[str]:
+    """Jobs whose worker died on every allowed attempt: fail them rather than retry forever."""
+    stale = and_(
+        col(Job.status) == _RUNNING,
+        col(Job.lease_expires_at) < now,
+        col(Job.attempts) >= max_attempts,
+    )
+    ids = list((await session.execute(select(Job.id).where(stale))).scalars())
+    if ids:
+        await session.execute(
+            update(Job)
+            .where(col(Job.id).in_(ids), stale)
+            .values(
+                status=JobStatus.failed.value,
+                finished_at=now,
+                lease_token=None,
+                lease_expires_at=None,
+                error_code="worker_lost",
+                error_message=f"The job's worker stopped during each of {max_attempts} attempts.",
+            )
+        )
+    return ids
+
+
+async def lost_candidates(session: AsyncSession, *, now: datetime, grace: float, max_attempts: int) -> Sequence[Job]:
+    """Jobs that should be in the queue: queued for longer than ``grace``, or running under an expired lease."""
+    cutoff = now - timedelta(seconds=grace)
+    query = select(Job).where(
+        col(Job.attempts) < max_attempts,
+        or_(
+            and_(col(Job.status) == _QUEUED, or_(col(Job.enqueued_at).is_(None), col(Job.enqueued_at) < cutoff)),
+            and_(col(Job.status) == _RUNNING, col(Job.lease_expires_at) < now),
+        ),
+    )
+    result = await session.execute(query.order_by(col(Job.created_at)).limit(500))
+    return result.scalars().all()
+
+
+async def set_queue_ref(session: AsyncSession, job_id: str, ref: str, *, now: datetime) -> None:
+    await session.execute(update(Job).where(col(Job.id) == job_id).values(queue_ref=ref, enqueued_at=now))

@@ -1,0 +1,113 @@
+"""Job use cases. Services take the session explicitly and never commit; routes commit, then enqueue."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from collections.abc import Sequence
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.assets import repository as asset_repository
+from gateway.assets.models import Asset
+from gateway.common.time import utcnow
+from gateway.errors import Conflict, NotFound
+from gateway.jobs import repository
+from gateway.jobs.models import Job, JobStatus
+from gateway.jobs.queue import queue_ref
+from gateway.jobs.schemas import MAX_SEED, JobCreate
+from gateway.systems.service import Principal
+
+
+def request_hash(body: JobCreate) -> str:
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def create_job(
+    session: AsyncSession, *, principal: Principal, body: JobCreate, idempotency_key: str | None
+) -> tuple[Job, bool]:
+    """Persist a queued job; returns ``(job, created)``. A repeated idempotency key returns the first job."""
+    digest = request_hash(body)
+    if idempotency_key is not None:
+        existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, digest), False
+    now = utcnow()
+    job = Job(
+        system_id=principal.system_id,
+        prompt=body.prompt,
+        negative_prompt=body.negative_prompt,
+        width=body.width,
+        height=body.height,
+        steps=body.steps,
+        guidance_scale=body.guidance_scale,
+        seed=body.seed if body.seed >= 0 else secrets.randbelow(MAX_SEED + 1),
+        n=body.n,
+        model=body.model,
+        output_format=body.output_format,
+        idempotency_key=idempotency_key,
+        request_hash=digest,
+        created_at=now,
+        enqueued_at=now,
+    )
+    job.queue_ref = queue_ref(job.id, 0)
+    try:
+        async with session.begin_nested():
+            session.add(job)
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its job.
+        existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key or "")
+        if existing is None:
+            raise
+        return _replay(existing, digest), False
+    return job, True
+
+
+def _replay(existing: Job, digest: str) -> Job:
+    if existing.request_hash != digest:
+        raise Conflict(
+            "This Idempotency-Key was already used with a different request body.",
+            code="idempotency_key_reused",
+        )
+    return existing
+
+
+async def get_job(session: AsyncSession, *, principal: Principal, job_id: str) -> Job:
+    job = await repository.get_for_system(session, job_id, principal.system_id)
+    if job is None:
+        raise NotFound(f"No job {job_id!r}.", code="job_not_found")
+    return job
+
+
+async def list_jobs(
+    session: AsyncSession, *, principal: Principal, status: JobStatus | None, cursor: str | None, limit: int
+) -> tuple[Sequence[Job], str | None]:
+    rows = await repository.list_for_system(
+        session, principal.system_id, status=status.value if status else None, cursor=cursor, limit=limit + 1
+    )
+    page = rows[:limit]
+    return page, (page[-1].id if len(rows) > limit else None)
+
+
+async def assets_of(session: AsyncSession, jobs: Sequence[Job]) -> dict[str, list[Asset]]:
+    return await asset_repository.for_jobs(session, [j.id for j in jobs if j.status == JobStatus.succeeded])
+
+
+async def cancel_job(session: AsyncSession, *, principal: Principal, job_id: str) -> Job:
+    """Cancel a queued or running job (a running one is interrupted on its backend by its worker)."""
+    job = await get_job(session, principal=principal, job_id=job_id)
+    if job.status == JobStatus.cancelled:
+        return job
+    if not await repository.cancel(session, job.id, now=utcnow()):
+        current = await repository.get(session, job.id)
+        status = current.status if current else job.status
+        raise Conflict(
+            f"The job has already {status}; only queued or running jobs can be cancelled.",
+            code="job_not_cancellable",
+        )
+    refreshed = await repository.get(session, job.id)
+    assert refreshed is not None
+    return refreshed

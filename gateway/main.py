@@ -1,0 +1,64 @@
+"""``create_app()``: the FastAPI application; its lifespan owns every resource."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import APIRouter, Depends, FastAPI
+
+from gateway import handlers
+from gateway.assets.endpoints import router as assets_router
+from gateway.auth.dependencies import authenticated
+from gateway.config import Settings, get_settings
+from gateway.db.migrate import is_current, upgrade
+from gateway.health.endpoints import router as health_router
+from gateway.jobs.endpoints import router as jobs_router
+from gateway.observability.middleware import RequestContextMiddleware
+from gateway.resources import close_resources, open_resources
+
+log = structlog.get_logger("gateway")
+
+
+async def prepare_database(settings: Settings) -> None:
+    """SQLite (embedded) migrates itself; a shared PostgreSQL is migrated explicitly with ``imagegate migrate``."""
+    if settings.is_sqlite:
+        settings.var_dir.mkdir(parents=True, exist_ok=True)
+        await upgrade(settings.database_url)
+    elif not await is_current(settings.database_url):
+        raise RuntimeError("The database schema is not up to date: run `imagegate migrate` first.")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await prepare_database(settings)
+        res = await open_resources(settings, role="api")
+        app.state.resources = res
+        if res.runner is not None:
+            res.runner.start()
+        log.info("gateway.started", queue="distributed" if settings.distributed else "embedded")
+        try:
+            yield
+        finally:
+            await close_resources(res)
+
+    app = FastAPI(
+        title="Imagegate",
+        version="0.1.0",
+        summary="One authenticated API from business systems to a pool of GPU image servers.",
+        lifespan=lifespan,
+    )
+    handlers.install(app)
+    app.add_middleware(RequestContextMiddleware)
+
+    # Public routes live on their own router; everything under /v1 requires a valid token (fail closed).
+    app.include_router(health_router)
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticated)])
+    v1.include_router(jobs_router)
+    v1.include_router(assets_router)
+    app.include_router(v1)
+    return app

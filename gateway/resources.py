@@ -1,0 +1,70 @@
+"""Every long-lived resource of a process (engine, queue, backends, store), opened and closed in one place."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from dataclasses import dataclass, field
+from typing import Literal
+
+from arq import ArqRedis, create_pool
+from arq.connections import RedisSettings
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from gateway.assets.storage import LocalAssetStore
+from gateway.backends.pool import BackendPool
+from gateway.backends.preview import PreviewAdapter
+from gateway.config import Settings
+from gateway.db.engine import create_engine, create_sessionmaker
+from gateway.jobs.embedded import EmbeddedRunner
+from gateway.jobs.queue import ArqQueue, EmbeddedQueue, JobQueue
+
+
+@dataclass
+class Resources:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    store: LocalAssetStore
+    pool: BackendPool
+    worker_id: str
+    queue: JobQueue = field(init=False)
+    runner: EmbeddedRunner | None = None
+    redis: ArqRedis | None = None
+
+
+def redis_settings(settings: Settings) -> RedisSettings:
+    assert settings.redis_url is not None
+    return RedisSettings.from_dsn(settings.redis_url)
+
+
+async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) -> Resources:
+    """Open what this process needs. In embedded mode the API process also runs jobs (the runner is started
+    by the caller once the app is ready)."""
+    engine = create_engine(settings.database_url)
+    res = Resources(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        store=LocalAssetStore(settings.asset_dir),
+        pool=BackendPool([PreviewAdapter("preview", step_ms=settings.preview_step_ms, models=settings.preview_models)]),
+        worker_id=f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+    )
+    settings.asset_dir.mkdir(parents=True, exist_ok=True)
+    if settings.distributed:
+        res.redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
+        res.queue = ArqQueue(res.redis, settings.queue_name)
+    else:
+        res.runner = EmbeddedRunner(res)
+        res.queue = EmbeddedQueue(res.runner)
+    return res
+
+
+async def close_resources(res: Resources) -> None:
+    if res.runner is not None:
+        await res.runner.stop()
+    await res.pool.aclose()
+    if res.redis is not None:
+        await res.redis.aclose()
+    await res.engine.dispose()

@@ -1,0 +1,40 @@
+"""SQL for systems and tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col, select
+
+from gateway.systems.models import System, Token
+
+
+async def get_system_by_name(session: AsyncSession, name: str) -> System | None:
+    result = await session.execute(select(System).where(System.name == name))
+    return result.scalar_one_or_none()
+
+
+async def list_systems(session: AsyncSession) -> Sequence[System]:
+    result = await session.execute(select(System).order_by(col(System.name)))
+    return result.scalars().all()
+
+
+async def get_active_token(session: AsyncSession, token_hash: str) -> tuple[Token, System] | None:
+    result = await session.execute(
+        select(Token, System)
+        .join(System, col(System.id) == col(Token.system_id))
+        .where(Token.token_hash == token_hash, col(Token.revoked_at).is_(None))
+    )
+    row = result.first()
+    return (row[0], row[1]) if row else None
+
+
+async def tokens_by_prefix(session: AsyncSession, prefix: str) -> Sequence[Token]:
+    result = await session.execute(select(Token).where(col(Token.prefix).startswith(prefix, autoescape=True)))
+    return result.scalars().all()
+
+
+async def tokens_of(session: AsyncSession, system_id: str) -> Sequence[Token]:
+    result = await session.execute(select(Token).where(Token.system_id == system_id).order_by(col(Token.created_at)))
+    return result.scalars().all()

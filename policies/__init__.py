@@ -1,0 +1,1 @@
+"""Authorization, quota and content rules. Pure logic: never imports gateway internals."""
