@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     job_timeout_seconds: int = Field(default=3600, ge=1)
     reconcile_seconds: float = Field(default=15.0, gt=0)
     reconcile_grace_seconds: float = Field(default=10.0, ge=0)
-    poll_seconds: float = Field(default=1.0, gt=0)
+    poll_seconds: float = Field(default=0.5, gt=0, description="How often idle runners look for work.")
 
     preview_step_ms: float = Field(default=0.0, ge=0, description="Simulated GPU time per step of the preview backend.")
     preview_models: str = "*"

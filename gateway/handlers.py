@@ -47,7 +47,7 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     details = []
     for error in exc.errors():
         field = _field(tuple(error.get("loc", ())))
-        message = str(error.get("msg", "invalid"))
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
         if error.get("type") == "extra_forbidden":
             message = "Unknown field"
         details.append({"field": field, "message": message, "type": error.get("type")})

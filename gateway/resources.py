@@ -8,8 +8,9 @@ import socket
 from dataclasses import dataclass, field
 from typing import Literal
 
-from arq import ArqRedis, create_pool
+from arq import ArqRedis
 from arq.connections import RedisSettings
+from redis.asyncio import ConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.assets.storage import LocalAssetStore
@@ -53,7 +54,12 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
     )
     settings.asset_dir.mkdir(parents=True, exist_ok=True)
     if settings.distributed:
-        res.redis = await create_pool(redis_settings(settings), default_queue_name=settings.queue_name)
+        # Lazy connections: the API starts (and accepts jobs into the database) while Redis is down;
+        # /readyz reports it and the reconciler enqueues what was accepted meanwhile.
+        res.redis = ArqRedis(
+            connection_pool=ConnectionPool.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=10),
+            default_queue_name=settings.queue_name,
+        )
         res.queue = ArqQueue(res.redis, settings.queue_name)
     else:
         res.runner = EmbeddedRunner(res)

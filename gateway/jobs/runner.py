@@ -67,6 +67,7 @@ async def run_job(res: Resources, job_id: str) -> str:
         if job is None:
             log.debug("job.skipped", reason="not claimable")
             return "skipped"
+        structlog.contextvars.bind_contextvars(system_id=job.system_id)
         log.info("job.started", attempt=job.attempts)
         try:
             outcome = await _run_claimed(res, job, lease)

@@ -34,7 +34,7 @@ async def run_job_task(ctx: dict[str, Any], job_id: str) -> str:
     return await run_job(ctx["res"], job_id)
 
 
-def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
+def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["res"] = await open_resources(settings, role="worker")
         ctx["reconciler"] = asyncio.create_task(_reconcile_forever(ctx))
@@ -60,5 +60,6 @@ def build_worker(settings: Settings, *, burst: bool = False) -> Worker:
         job_timeout=settings.job_timeout_seconds + 60,
         keep_result=60,
         burst=burst,
-        handle_signals=True,
+        handle_signals=handle_signals,
+        poll_delay=settings.poll_seconds,
     )

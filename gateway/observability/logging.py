@@ -45,4 +45,5 @@ def configure_logging(level: str = "INFO", fmt: str = "json") -> None:
     for name in ("uvicorn", "uvicorn.error", "arq"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True  # the request middleware logs each request
+    logging.getLogger("uvicorn.access").disabled = True
+    logging.getLogger("alembic").setLevel(logging.WARNING)  # the request middleware logs each request

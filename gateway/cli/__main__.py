@@ -1,0 +1,3 @@
+from gateway.cli.main import app
+
+app(prog_name="imagegate")

@@ -1,0 +1,155 @@
+"""Shared fixtures. The API suite runs twice: on the embedded default (SQLite + embedded runner) and on
+PostgreSQL + Redis/arq with an arq worker, against real services."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from gateway.config import Settings
+from gateway.db.engine import transaction
+from gateway.db.migrate import upgrade
+from gateway.jobs.worker import build_worker
+from gateway.main import create_app
+from gateway.resources import Resources
+from gateway.systems import service as systems_service
+from tests.services import check_redis, create_pg_database, drop_pg_database
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
+    """Settings for a test: fast polling and leases, and a preview backend that takes 20 ms per step."""
+    values: dict[str, Any] = {
+        "env": "test",
+        "database_url": f"sqlite+aiosqlite:///{tmp_path}/imagegate.db",
+        "redis_url": None,
+        "asset_dir": tmp_path / "assets",
+        "var_dir": tmp_path,
+        "queue_name": f"imagegate:test:{secrets.token_hex(4)}",
+        "preview_step_ms": 20.0,
+        "job_lease_seconds": 2.0,
+        "poll_seconds": 0.1,
+        "reconcile_seconds": 0.3,
+        "reconcile_grace_seconds": 1.0,
+        "log_level": "WARNING",
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Any:
+    """One PostgreSQL database for the session, migrated once; tests empty it before use."""
+    url = asyncio.run(create_pg_database())
+    asyncio.run(upgrade(url))
+    yield url
+    asyncio.run(drop_pg_database(url))
+
+
+async def _truncate(res: Resources) -> None:
+    async with transaction(res.sessionmaker) as session:
+        await session.execute(text("TRUNCATE assets, jobs, tokens, systems CASCADE"))
+
+
+@dataclass
+class Stack:
+    """A running gateway under test: its app, resources and a client that talks to it in-process."""
+
+    mode: str
+    app: Any
+    res: Resources
+    client: httpx.AsyncClient
+
+    async def system(self, name: str | None = None, scopes: str = "generate,batch") -> str:
+        """Create a system and return a bearer token for it."""
+        async with transaction(self.res.sessionmaker) as session:
+            issued = await systems_service.create_system(
+                session, name=name or f"sys-{secrets.token_hex(3)}", scopes=scopes
+            )
+        return issued.secret
+
+    async def submit(self, token: str, **body: Any) -> dict[str, Any]:
+        body.setdefault("prompt", "a lighthouse on a cliff at dawn")
+        body.setdefault("width", 256)
+        body.setdefault("height", 256)
+        body.setdefault("steps", 2)
+        response = await self.client.post("/v1/jobs", json=body, headers=auth(token))
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    async def wait(
+        self, token: str, job_id: str, until: Callable[[dict[str, Any]], bool] | None = None, timeout: float = 30
+    ) -> dict[str, Any]:
+        until = until or (lambda job: job["status"] in TERMINAL)
+        deadline = time.monotonic() + timeout
+        while True:
+            response = await self.client.get(f"/v1/jobs/{job_id}", headers=auth(token))
+            assert response.status_code == 200, response.text
+            job = response.json()
+            if until(job):
+                return job
+            if time.monotonic() > deadline:
+                raise AssertionError(f"job did not reach the expected state in {timeout}s: {job}")
+            await asyncio.sleep(0.05)
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def start_stack(
+    mode: str, tmp_path: Path, pg_url: str | None, *, with_worker: bool = True, **overrides: Any
+) -> AsyncIterator[Stack]:
+    if mode == "embedded":
+        settings = make_settings(tmp_path, **overrides)
+    else:
+        assert pg_url is not None
+        settings = make_settings(tmp_path, database_url=pg_url, redis_url=await check_redis(), **overrides)
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        res: Resources = app.state.resources
+        worker_task: asyncio.Task[Any] | None = None
+        worker = None
+        if mode == "distributed":
+            await _truncate(res)
+        if mode == "distributed" and with_worker:
+            worker = build_worker(settings, handle_signals=False)
+            worker_task = asyncio.create_task(worker.async_run())
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            try:
+                yield Stack(mode=mode, app=app, res=res, client=client)
+            finally:
+                if worker is not None and worker_task is not None:
+                    worker_task.cancel()
+                    await asyncio.gather(worker_task, return_exceptions=True)
+                    await worker.close()
+
+
+@pytest.fixture(params=["embedded", "distributed"])
+def stack_mode(request: pytest.FixtureRequest) -> tuple[str, str | None]:
+    if request.param == "distributed":
+        return "distributed", request.getfixturevalue("pg_database")
+    return "embedded", None
+
+
+@pytest.fixture
+async def stack(stack_mode: tuple[str, str | None], tmp_path: Path) -> AsyncIterator[Stack]:
+    async for value in start_stack(stack_mode[0], tmp_path, stack_mode[1]):
+        yield value
+
+
+@pytest.fixture
+async def embedded(tmp_path: Path) -> AsyncIterator[Stack]:
+    async for value in start_stack("embedded", tmp_path, None):
+        yield value

@@ -1,0 +1,132 @@
+"""Nothing accepted is lost, nothing runs twice to completion: killed processes, lost queue entries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from gateway.jobs.models import Job, JobStatus
+from tests.conftest import auth, start_stack
+from tests.processes import Process, add_system, env_for, free_port, start_server
+from tests.services import REDIS_URL
+
+
+def _poll(url: str, token: str, until: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = httpx.get(url, headers=auth(token), timeout=5).json()
+        if until(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting; last: {value}")
+        time.sleep(0.1)
+
+
+def _completions(*processes: Process) -> Counter[str]:
+    return Counter(
+        e["job_id"]
+        for p in processes
+        for e in p.events()
+        if e.get("event") == "job.finished" and e.get("outcome") == JobStatus.succeeded
+    )
+
+
+def test_jobs_accepted_before_kill_9_of_the_embedded_server_run_once_after_restart(tmp_path: Path) -> None:
+    env = env_for(tmp_path, embedded_concurrency=2)
+    token = add_system(env, "crm")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    first = start_server(env, port, tmp_path / "first.log")
+    try:
+        ids = []
+        for i in range(4):
+            response = httpx.post(
+                f"{base}/v1/jobs",
+                json={"prompt": f"poster {i}", "width": 128, "height": 128, "steps": 100, "n": 2},
+                headers=auth(token),
+            )
+            assert response.status_code == 202
+            ids.append(response.json()["id"])
+        _poll(f"{base}/v1/jobs?status=running", token, lambda page: len(page["items"]) == 2)
+    finally:
+        first.kill9()
+
+    second = start_server(env, port, tmp_path / "second.log")
+    try:
+        for job_id in ids:
+            job = _poll(f"{base}/v1/jobs/{job_id}", token, lambda j: j["status"] in ("succeeded", "failed"))
+            assert job["status"] == "succeeded", job
+            assert len(job["assets"]) == 2
+        attempts = sorted(httpx.get(f"{base}/v1/jobs/{i}", headers=auth(token)).json()["attempts"] for i in ids)
+        assert attempts == [1, 1, 2, 2]  # the two that were running when killed ran again, once
+    finally:
+        second.stop()
+    completions = _completions(first, second)
+    assert completions == Counter(dict.fromkeys(ids, 1))
+
+
+async def test_killed_arq_worker_mid_job_its_job_completes_once_on_another_worker(
+    tmp_path: Path, pg_database: str
+) -> None:
+    async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
+        settings = stack.res.settings
+        env = env_for(
+            tmp_path,
+            database_url=pg_database,
+            redis_url=settings.redis_url,
+            queue_name=settings.queue_name,
+        )
+        token = await stack.system()
+        worker1 = Process(env, ["worker"], tmp_path / "worker1.log")
+        worker2 = None
+        try:
+            job = await stack.submit(token, steps=150, n=2)
+            await stack.wait(
+                token, job["id"], until=lambda j: j["status"] == "running" and j["progress"] > 0, timeout=30
+            )
+            worker1.kill9()
+            worker2 = Process(env, ["worker"], tmp_path / "worker2.log")
+            done = await stack.wait(token, job["id"], timeout=60)
+        finally:
+            if worker1.proc.poll() is None:
+                worker1.kill9()
+            if worker2 is not None:
+                worker2.stop()
+        assert done["status"] == "succeeded", done
+        assert done["attempts"] == 2
+        assert len(done["assets"]) == 2
+        assert _completions(worker1, worker2) == Counter({job["id"]: 1})
+
+
+async def test_job_whose_queue_entry_was_lost_is_requeued_by_the_reconciler(tmp_path: Path, pg_database: str) -> None:
+    async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
+        token = await stack.system()
+        job = await stack.submit(token)
+        client = aioredis.from_url(REDIS_URL)
+        try:
+            assert await client.zcard(stack.res.settings.queue_name) == 1
+            await client.flushdb()  # what a Redis restart without persistence does
+        finally:
+            await client.aclose()
+
+        from gateway.jobs.worker import build_worker
+
+        worker = build_worker(stack.res.settings, handle_signals=False)
+        task = asyncio.create_task(worker.async_run())
+        try:
+            done = await stack.wait(token, job["id"], timeout=30)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.close()
+        assert done["status"] == "succeeded"
+        assert done["attempts"] == 1
+        async with stack.res.sessionmaker() as session:
+            row = await session.get(Job, job["id"])
+        assert row is not None and row.queue_ref == f"{job['id']}:1"  # a new entry replaced the lost one
