@@ -53,7 +53,7 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
         worker_id=f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
     )
     settings.asset_dir.mkdir(parents=True, exist_ok=True)
-    if settings.distributed:
+    if settings.redis_url is not None:
         # Lazy connections: the API starts (and accepts jobs into the database) while Redis is down;
         # /readyz reports it and the reconciler enqueues what was accepted meanwhile.
         res.redis = ArqRedis(
