@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from pathlib import Path
 
 from alembic import command
@@ -32,18 +34,26 @@ def _is_current(connection: Connection, cfg: Config) -> bool:
     return set(MigrationContext.configure(connection).get_current_heads()) == heads
 
 
+_local_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = weakref.WeakKeyDictionary()
+
+
 async def upgrade(database_url: str) -> None:
     """Migrate to head. Safe to call from several processes at once (PostgreSQL advisory lock, SQLite write lock)."""
-    cfg = alembic_config()
-    engine = create_engine(database_url)
-    try:
-        async with engine.connect() as conn:
-            if conn.dialect.name == "postgresql":
-                await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
-            await conn.run_sync(_upgrade, cfg)
-            await conn.commit()
-    finally:
-        await engine.dispose()
+    # Alembic keeps its context in module globals: one migration at a time within a process.
+    lock = _local_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+    async with lock:
+        cfg = alembic_config()
+        engine = create_engine(database_url)
+        try:
+            async with engine.connect() as conn:
+                if conn.dialect.name == "postgresql":
+                    await conn.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": _LOCK_ID})
+                else:
+                    await conn.execute(text("SELECT 1"))  # BEGIN IMMEDIATE: other processes wait for us
+                await conn.run_sync(_upgrade, cfg)
+                await conn.commit()
+        finally:
+            await engine.dispose()
 
 
 async def is_current(database_url: str) -> bool:
