@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel, Field
+
 
 class ImagegateError(Exception):
     """An expected failure with an HTTP status, a stable machine-readable code and a human message."""
@@ -71,3 +73,31 @@ class ValidationFailed(ImagegateError):
 class ServiceUnavailable(ImagegateError):
     status_code = 503
     code = "unavailable"
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. `validation_error`, `job_not_found`.")
+    message: str = Field(description="What went wrong, for a human.")
+    details: Any | None = Field(default=None, description="Structured context, e.g. the invalid fields.")
+
+
+class ErrorEnvelope(BaseModel):
+    """The body of every error answer on a native route."""
+
+    error: ErrorBody
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses, all with the one envelope."""
+    descriptions = {
+        400: "The body could not be parsed",
+        401: "Missing, malformed, unknown or revoked token",
+        403: "The token lacks the scope this route needs",
+        404: "No such resource for this caller",
+        409: "Conflicts with the resource's current state",
+        413: "Body too large",
+        422: "Invalid input; `details` names each field",
+        429: "Over a quota or rate limit",
+        503: "A dependency is unavailable",
+    }
+    return {status: {"model": ErrorEnvelope, "description": descriptions[status]} for status in statuses}

@@ -10,12 +10,14 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from gateway.errors import ImagegateError
 
 log = structlog.get_logger("gateway.errors")
 
 _HTTP_CODES = {
+    400: "invalid_body",
     404: "not_found",
     405: "method_not_allowed",
     413: "payload_too_large",
@@ -55,12 +57,24 @@ async def validation_error(_: Request, exc: Exception) -> JSONResponse:
     return _envelope(422, "validation_error", summary, details)
 
 
-async def http_error(_: Request, exc: Exception) -> JSONResponse:
+async def http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     status = exc.status_code
     code = _HTTP_CODES.get(status, HTTPStatus(status).phrase.lower().replace(" ", "_"))
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(status).phrase
-    return _envelope(status, code, message, headers=getattr(exc, "headers", None))
+    headers = dict(getattr(exc, "headers", None) or {})
+    if status == 405:
+        # Starlette reports only the methods of the first route on the path; a path may have several routes.
+        headers["Allow"] = ", ".join(_allowed_methods(request))
+    return _envelope(status, code, message, headers=headers or None)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return sorted(methods)
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,7 @@ from gateway.assets.endpoints import router as assets_router
 from gateway.auth.dependencies import authenticated
 from gateway.config import Settings, get_settings
 from gateway.db.migrate import is_current, upgrade
+from gateway.errors import error_responses
 from gateway.health.endpoints import router as health_router
 from gateway.jobs.endpoints import router as jobs_router
 from gateway.observability.middleware import RequestContextMiddleware
@@ -57,7 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     # Public routes live on their own router; everything under /v1 requires a valid token (fail closed).
     app.include_router(health_router)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticated)])
+    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticated)], responses=error_responses(400, 401, 403, 422))
     v1.include_router(jobs_router)
     v1.include_router(assets_router)
     app.include_router(v1)

@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse
 from gateway.assets import repository
 from gateway.auth.dependencies import Authenticator
 from gateway.deps import ResourcesDep, SessionDep
-from gateway.errors import NotFound
+from gateway.errors import NotFound, error_responses
 from gateway.systems.service import Principal
 from policies.scopes import Scope
 
@@ -22,7 +22,7 @@ Reader = Annotated[Principal, Depends(Authenticator(any_of={Scope.generate, Scop
 @router.get(
     "/{asset_id}",
     response_class=FileResponse,
-    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}},
+    responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **error_responses(404)},
 )
 async def download_asset(asset_id: str, principal: Reader, session: SessionDep, res: ResourcesDep) -> FileResponse:
     """Download an image of one of the caller's jobs."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated
 
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
@@ -26,5 +26,25 @@ def _not_blank(value: str) -> str:
     return value
 
 
-SafeText = Annotated[str, AfterValidator(_safe)]
-NonBlankText = Annotated[str, AfterValidator(_safe), AfterValidator(_not_blank)]
+# The rules above, as patterns for the OpenAPI schema (validation itself is done by the functions).
+_NO_CONTROL = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+_NO_CONTROL_NOT_BLANK = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
+
+SafeText = Annotated[str, AfterValidator(_safe), Field(json_schema_extra={"pattern": _NO_CONTROL})]
+NonBlankText = Annotated[
+    str,
+    AfterValidator(_safe),
+    AfterValidator(_not_blank),
+    Field(json_schema_extra={"pattern": _NO_CONTROL_NOT_BLANK}),
+]
+
+
+def _integral(value: object) -> object:
+    """JSON has one number type: 512.0 is the integer 512 (as JSON Schema says); 512.5, "512" and true are not."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# Put after the Field constraints: Annotated[int, Field(ge=1), INTEGRAL] keeps them in the JSON schema.
+INTEGRAL = BeforeValidator(_integral)

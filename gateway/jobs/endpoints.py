@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from gateway.auth.dependencies import Authenticator
 from gateway.deps import BaseUrlDep, ResourcesDep, SessionDep
+from gateway.errors import error_responses
 from gateway.jobs import service
 from gateway.jobs.models import JobStatus
 from gateway.jobs.schemas import JobCreate, JobList, JobRead
@@ -32,7 +33,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead, responses=error_responses(409))
 async def submit_job(
     body: JobCreate,
     principal: Submitter,
@@ -76,7 +77,7 @@ async def list_jobs(
     return JobList(items=[JobRead.of(j, assets.get(j.id, []), base) for j in jobs], next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobRead)
+@router.get("/{job_id}", response_model=JobRead, responses=error_responses(404))
 async def get_job(job_id: str, principal: Reader, session: SessionDep, base: BaseUrlDep) -> JobRead:
     """Read one job: status, progress, parameters with the resolved seed, error and assets."""
     job = await service.get_job(session, principal=principal, job_id=job_id)
@@ -84,7 +85,7 @@ async def get_job(job_id: str, principal: Reader, session: SessionDep, base: Bas
     return JobRead.of(job, assets.get(job.id, []), base)
 
 
-@router.post("/{job_id}/cancel", response_model=JobRead)
+@router.post("/{job_id}/cancel", response_model=JobRead, responses=error_responses(404, 409))
 async def cancel_job(job_id: str, principal: Submitter, session: SessionDep, base: BaseUrlDep) -> JobRead:
     """Cancel a queued or running job."""
     job = await service.cancel_job(session, principal=principal, job_id=job_id)

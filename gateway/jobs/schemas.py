@@ -9,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.assets.models import Asset
 from gateway.assets.schemas import AssetRead
-from gateway.common.text import NonBlankText, SafeText
+from gateway.common.text import INTEGRAL, NonBlankText, SafeText
 from gateway.jobs.models import Job, JobStatus
 
 MAX_SEED = 2**32 - 1
-Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8), INTEGRAL]
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 
@@ -25,10 +25,12 @@ class JobParameters(BaseModel):
     negative_prompt: Annotated[SafeText, Field(max_length=4000)] = ""
     width: Dimension = 1024
     height: Dimension = 1024
-    steps: Annotated[int, Field(ge=1, le=150)] = 30
+    steps: Annotated[int, Field(ge=1, le=150), INTEGRAL] = 30
     guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.0
-    seed: Annotated[int, Field(ge=-1, le=MAX_SEED, description="-1 or absent: a random seed, recorded on the job")] = -1
-    n: Annotated[int, Field(ge=1, le=8, description="Number of images")] = 1
+    seed: Annotated[
+        int, Field(ge=-1, le=MAX_SEED, description="-1 or absent: a random seed, recorded on the job"), INTEGRAL
+    ] = -1
+    n: Annotated[int, Field(ge=1, le=8, description="Number of images"), INTEGRAL] = 1
     model: Annotated[SafeText, Field(min_length=1, max_length=200)] | None = None
     output_format: OutputFormat = "png"
 

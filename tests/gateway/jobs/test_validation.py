@@ -54,17 +54,34 @@ async def test_bad_job_body_is_422_naming_the_field_and_creates_nothing(
 
 
 @pytest.mark.parametrize(
-    "raw",
-    [b"{not json", b"[]", b'"prompt"', b"", b'{"prompt": "\\ud800"}', b"\xff\xfe"],
-    ids=["broken", "array", "string", "empty", "lone-surrogate", "not-utf8"],
+    ("raw", "status", "code"),
+    [
+        (b"{not json", 422, "validation_error"),
+        (b"[]", 422, "validation_error"),
+        (b'"prompt"', 422, "validation_error"),
+        (b"", 422, "validation_error"),
+        (b'{"prompt": "\\ud800"}', 422, "validation_error"),
+        (b"\xff\xfe", 422, "validation_error"),
+        (b"\x80z^", 400, "invalid_body"),
+    ],
+    ids=["broken", "array", "string", "empty", "lone-surrogate", "utf16-bom", "not-utf8"],
 )
-async def test_malformed_json_is_422_not_500(embedded: Stack, raw: bytes) -> None:
+async def test_malformed_json_is_a_4xx_envelope_not_500(embedded: Stack, raw: bytes, status: int, code: str) -> None:
     token = await embedded.system()
     response = await embedded.client.post(
         "/v1/jobs", content=raw, headers={**auth(token), "Content-Type": "application/json"}
     )
-    assert response.status_code == 422, response.text
-    assert response.json()["error"]["code"] == "validation_error"
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+async def test_integral_json_numbers_count_as_integers(embedded: Stack) -> None:
+    token = await embedded.system()
+    body = {"prompt": "ok", "width": 512.0, "height": 256.0, "steps": 2.0, "n": 1.0, "seed": 5.0}
+    response = await embedded.client.post("/v1/jobs", json=body, headers=auth(token))
+    assert response.status_code == 202, response.text
+    job = response.json()
+    assert (job["width"], job["height"], job["steps"], job["n"], job["seed"]) == (512, 256, 2, 1, 5)
 
 
 @pytest.mark.parametrize("key", ["", "x" * 256, "has space", "ключ".encode()])
