@@ -27,6 +27,10 @@ class Settings(BaseSettings):
         description="Base URL used in links to assets; defaults to the URL the request came in on.",
     )
     secret_key: str = PLACEHOLDER_SECRET
+    forwarded_allow_ips: str = Field(
+        default="127.0.0.1",
+        description="Proxies whose X-Forwarded-* headers are trusted (comma-separated IPs/CIDRs, or *).",
+    )
 
     queue_name: str = "imagegate:queue"
     embedded_concurrency: int = Field(default=2, ge=1, le=64, description="Jobs the embedded runner runs at once.")

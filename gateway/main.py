@@ -16,6 +16,7 @@ from gateway.db.migrate import is_current, upgrade
 from gateway.errors import error_responses
 from gateway.health.endpoints import router as health_router
 from gateway.jobs.endpoints import router as jobs_router
+from gateway.observability.logging import configure_logging
 from gateway.observability.middleware import RequestContextMiddleware
 from gateway.resources import close_resources, open_resources
 
@@ -33,6 +34,7 @@ async def prepare_database(settings: Settings) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

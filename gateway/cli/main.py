@@ -72,7 +72,14 @@ def serve(
     settings = get_settings()
     if demo:
         _print_demo(settings, host, port)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, proxy_headers=True)
+    uvicorn.run(
+        create_app(settings),
+        host=host,
+        port=port,
+        log_config=None,
+        proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
+    )
 
 
 def _print_demo(settings: Settings, host: str, port: int) -> None:
