@@ -1,0 +1,1 @@
+"""Shipped prompt templates (package data)."""

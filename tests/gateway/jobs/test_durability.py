@@ -69,6 +69,11 @@ def test_jobs_accepted_before_kill_9_of_the_embedded_server_run_once_after_resta
         second.stop()
     completions = _completions(first, second)
     assert completions == Counter(dict.fromkeys(ids, 1))
+    # The logs are JSON lines with the request id and the system bound to requests, the job id to jobs.
+    posts = [e for e in first.events() if e.get("event") == "request" and e.get("method") == "POST"]
+    assert len(posts) == 4 and all(e["system"] == "crm" and len(e["request_id"]) == 32 for e in posts)
+    started = [e for e in second.events() if e.get("event") == "job.started"]
+    assert {e["job_id"] for e in started} <= set(ids) and all(e["system_id"].startswith("sys_") for e in started)
 
 
 async def test_killed_arq_worker_mid_job_its_job_completes_once_on_another_worker(
