@@ -28,6 +28,15 @@ async def get_session(res: ResourcesDep) -> AsyncIterator[AsyncSession]:
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 
 
+async def get_read_session(res: ResourcesDep) -> AsyncIterator[AsyncSession]:
+    """A session for routes that only read (no write lock on SQLite)."""
+    async with res.read_sessionmaker() as session:
+        yield session
+
+
+ReadSessionDep = Annotated[AsyncSession, Depends(get_read_session)]
+
+
 def base_url(request: Request, res: ResourcesDep) -> str:
     """Where clients reach this gateway, for links in responses."""
     return (res.settings.public_url or str(request.base_url)).rstrip("/")

@@ -27,6 +27,7 @@ class Resources:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    read_sessionmaker: async_sessionmaker[AsyncSession]
     store: LocalAssetStore
     pool: BackendPool
     worker_id: str
@@ -48,6 +49,7 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
+        read_sessionmaker=create_sessionmaker(engine, readonly=True),
         store=LocalAssetStore(settings.asset_dir),
         pool=BackendPool([PreviewAdapter("preview", step_ms=settings.preview_step_ms, models=settings.preview_models)]),
         worker_id=f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",

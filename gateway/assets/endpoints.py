@@ -9,7 +9,7 @@ from fastapi.responses import FileResponse
 
 from gateway.assets import repository
 from gateway.auth.dependencies import Authenticator
-from gateway.deps import ResourcesDep, SessionDep
+from gateway.deps import ReadSessionDep, ResourcesDep
 from gateway.errors import NotFound, error_responses
 from gateway.systems.service import Principal
 from policies.scopes import Scope
@@ -24,7 +24,7 @@ Reader = Annotated[Principal, Depends(Authenticator(any_of={Scope.generate, Scop
     response_class=FileResponse,
     responses={200: {"content": {"image/png": {}, "image/jpeg": {}, "image/webp": {}}}, **error_responses(404)},
 )
-async def download_asset(asset_id: str, principal: Reader, session: SessionDep, res: ResourcesDep) -> FileResponse:
+async def download_asset(asset_id: str, principal: Reader, session: ReadSessionDep, res: ResourcesDep) -> FileResponse:
     """Download an image of one of the caller's jobs."""
     asset = await repository.get_for_system(session, asset_id, principal.system_id)
     path = res.store.path_for(asset.sha256, asset.format) if asset else None

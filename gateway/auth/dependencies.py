@@ -9,7 +9,7 @@ import structlog
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from gateway.deps import SessionDep
+from gateway.deps import ReadSessionDep
 from gateway.errors import Forbidden, Unauthorized
 from gateway.systems.service import Principal, authenticate
 from policies.scopes import allows
@@ -19,7 +19,7 @@ _bearer = HTTPBearer(auto_error=False, description="An API key (`igw_...`) of a 
 
 async def authenticated(
     request: Request,
-    session: SessionDep,
+    session: ReadSessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """Every route under /v1 depends on this: no valid key, no entry, whatever the route declares."""

@@ -30,8 +30,10 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         def _on_begin(connection: Any) -> None:
             # IMMEDIATE: a transaction that will write waits for the lock up front instead of failing
             # with SQLITE_BUSY when it upgrades from a read lock. This serialises writers, which is what
-            # makes conditional updates (claims, quotas) correct on SQLite.
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # makes conditional updates (claims, quotas) correct on SQLite. Read-only sessions begin
+            # DEFERRED (see create_sessionmaker) and never take the write lock.
+            mode = "DEFERRED" if connection.get_execution_options().get("readonly") else "IMMEDIATE"
+            connection.exec_driver_sql(f"BEGIN {mode}")
 
         return engine
     kwargs.setdefault("pool_pre_ping", True)
@@ -40,8 +42,11 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     return create_async_engine(database_url, **kwargs)
 
 
-def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
-    return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+def create_sessionmaker(engine: AsyncEngine, *, readonly: bool = False) -> async_sessionmaker[AsyncSession]:
+    """Sessions for work that writes, or (``readonly``) for work that only reads: on SQLite the latter do not
+    take the database's write lock, so reads never wait for or hold up writers."""
+    bind = engine.execution_options(readonly=True) if readonly else engine
+    return async_sessionmaker(bind, expire_on_commit=False, autoflush=False)
 
 
 @asynccontextmanager

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import structlog
 
 from gateway.common.time import utcnow
-from gateway.db.engine import transaction
 from gateway.jobs import repository
 from gateway.jobs.reconcile import fail_exhausted
 from gateway.jobs.runner import run_job
@@ -70,7 +69,7 @@ class EmbeddedRunner:
     async def _fill(self, free: int) -> None:
         if free <= 0:
             return
-        async with transaction(self.res.sessionmaker) as session:
+        async with self.res.read_sessionmaker() as session:
             ids = await repository.claimable_ids(
                 session,
                 now=utcnow(),

@@ -8,7 +8,7 @@ import structlog
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from gateway.auth.dependencies import Authenticator
-from gateway.deps import BaseUrlDep, ResourcesDep, SessionDep
+from gateway.deps import BaseUrlDep, ReadSessionDep, ResourcesDep, SessionDep
 from gateway.errors import error_responses
 from gateway.jobs import service
 from gateway.jobs.models import JobStatus
@@ -63,7 +63,7 @@ async def submit_job(
 @router.get("", response_model=JobList)
 async def list_jobs(
     principal: Reader,
-    session: SessionDep,
+    session: ReadSessionDep,
     base: BaseUrlDep,
     status_filter: Annotated[JobStatus | None, Query(alias="status")] = None,
     cursor: Annotated[str | None, Query(max_length=40, pattern=r"^job_[0-9a-f]+$")] = None,
@@ -78,7 +78,7 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobRead, responses=error_responses(404))
-async def get_job(job_id: str, principal: Reader, session: SessionDep, base: BaseUrlDep) -> JobRead:
+async def get_job(job_id: str, principal: Reader, session: ReadSessionDep, base: BaseUrlDep) -> JobRead:
     """Read one job: status, progress, parameters with the resolved seed, error and assets."""
     job = await service.get_job(session, principal=principal, job_id=job_id)
     assets = await service.assets_of(session, [job])

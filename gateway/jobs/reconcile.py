@@ -35,7 +35,7 @@ async def reconcile(res: Resources) -> list[str]:
     await fail_exhausted(res)
     settings = res.settings
     now = utcnow()
-    async with transaction(res.sessionmaker) as session:
+    async with res.read_sessionmaker() as session:
         candidates = await repository.lost_candidates(
             session, now=now, grace=settings.reconcile_grace_seconds, max_attempts=settings.job_max_attempts
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from gateway.db.migrate import upgrade
-from gateway.deps import get_session
+from gateway.deps import get_read_session
 from gateway.main import create_app
 from tests.conftest import Stack, auth, make_settings
 from tests.services import create_pg_database, drop_pg_database
@@ -40,7 +40,7 @@ async def test_a_bug_answers_500_envelope_without_internals(embedded: Stack) -> 
         raise RuntimeError("secret internal detail /srv/app.py line 12")
         yield
 
-    embedded.app.dependency_overrides[get_session] = broken_session
+    embedded.app.dependency_overrides[get_read_session] = broken_session
     transport = httpx.ASGITransport(app=embedded.app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.get("/v1/jobs", headers={**auth(token), "X-Request-ID": "req-500"})

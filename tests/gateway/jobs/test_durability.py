@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import redis.asyncio as aioredis
+from sqlalchemy import text
 
 from gateway.jobs.models import Job, JobStatus
 from tests.conftest import auth, start_stack
@@ -135,3 +136,28 @@ async def test_job_whose_queue_entry_was_lost_is_requeued_by_the_reconciler(tmp_
         async with stack.res.sessionmaker() as session:
             row = await session.get(Job, job["id"])
         assert row is not None and row.queue_ref == f"{job['id']}:1"  # a new entry replaced the lost one
+
+
+async def test_two_workers_sharing_a_queue_complete_every_job_exactly_once(tmp_path: Path, pg_database: str) -> None:
+    from gateway.jobs.worker import build_worker
+
+    async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
+        token = await stack.system()
+        # 0.5 s each: one worker (4 at a time) cannot take them all before the other starts polling.
+        ids = [(await stack.submit(token, prompt=f"tile {i}", steps=25, n=2))["id"] for i in range(16)]
+        workers = [build_worker(stack.res.settings, handle_signals=False) for _ in range(2)]
+        tasks = [asyncio.create_task(w.async_run()) for w in workers]
+        try:
+            jobs = [await stack.wait(token, job_id, timeout=60) for job_id in ids]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for worker in workers:
+                await worker.close()
+        assert {j["status"] for j in jobs} == {"succeeded"}
+        assert {j["attempts"] for j in jobs} == {1}
+        assert all(len(j["assets"]) == 2 for j in jobs)
+        async with stack.res.sessionmaker() as session:
+            owners = (await session.execute(text("SELECT DISTINCT lease_owner FROM jobs"))).scalars().all()
+        assert len(owners) == 2  # both workers ran jobs
