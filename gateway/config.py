@@ -18,10 +18,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IMAGEGATE_", env_file=".env", extra="ignore")
 
     env: Literal["development", "production", "test"] = "development"
-    database_url: str = "sqlite+aiosqlite:///./var/imagegate.db"
+    var_dir: Path = Field(default=Path("./var"), description="Folder of the embedded database and demo keys.")
+    database_url: str = Field(default="", description="Default: sqlite+aiosqlite:///<var_dir>/imagegate.db")
     redis_url: str | None = None
-    asset_dir: Path = Path("./var/assets")
-    var_dir: Path = Path("./var")
+    asset_dir: Path = Field(default=Path(""), description="Default: <var_dir>/assets")
     public_url: str | None = Field(
         default=None,
         description="Base URL used in links to assets; defaults to the URL the request came in on.",
@@ -48,6 +48,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"
 
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+
     @field_validator("redis_url", "public_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
@@ -67,6 +69,15 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _defaults_under_var_dir(self) -> Settings:
+        if not self.database_url:
+            folder = self.var_dir.as_posix() if self.var_dir.is_absolute() else f"./{self.var_dir.as_posix()}"
+            self.database_url = f"sqlite+aiosqlite:///{folder}/imagegate.db"
+        if self.asset_dir == Path(""):
+            self.asset_dir = self.var_dir / "assets"
+        return self
+
+    @model_validator(mode="after")
     def _no_placeholder_secret_in_production(self) -> Settings:
         if self.env == "production" and self.secret_key == PLACEHOLDER_SECRET:
             raise ValueError("IMAGEGATE_SECRET_KEY must be set to a real secret when IMAGEGATE_ENV=production")
@@ -75,6 +86,14 @@ class Settings(BaseSettings):
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """The database file of a SQLite URL (None for PostgreSQL or an in-memory database)."""
+        if not self.is_sqlite:
+            return None
+        path = self.database_url.split(":///", 1)[1].split("?", 1)[0] if ":///" in self.database_url else ""
+        return Path(path) if path and path != ":memory:" else None
 
     @property
     def distributed(self) -> bool:

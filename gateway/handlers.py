@@ -5,6 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -81,11 +82,22 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
+# The database is down, overloaded or locked: not the caller's fault, not a bug; worth a retry.
+_UNAVAILABLE = (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    """A bug. Logged with its traceback; the client gets no internals, only the request id to report."""
-    request_id = getattr(request.state, "request_id", None) or request.scope.get("state", {}).get("request_id")
+    """A bug (500) or an unavailable database (503). Logged with the traceback; the client gets no internals,
+    only the request id to report."""
+    request_id = request.scope.get("state", {}).get("request_id")
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    if isinstance(exc, _UNAVAILABLE):
+        log.warning("database_unavailable", exc_info=exc, path=request.url.path)
+        headers["Retry-After"] = "1"
+        return _envelope(
+            503, "unavailable", "The service is briefly unavailable; retry.", {"request_id": request_id}, headers
+        )
     log.error("unhandled_error", exc_info=exc, path=request.url.path)
-    headers = {"X-Request-ID": request_id} if request_id else None
     return _envelope(500, "internal_error", "An internal error occurred.", {"request_id": request_id}, headers)
 
 

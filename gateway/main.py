@@ -7,17 +7,19 @@ from contextlib import asynccontextmanager
 
 import structlog
 from fastapi import APIRouter, Depends, FastAPI
+from starlette.middleware.authentication import AuthenticationMiddleware
 
 from gateway import handlers
 from gateway.assets.endpoints import router as assets_router
+from gateway.auth.backend import ApiKeyBackend, unauthorized
 from gateway.auth.dependencies import authenticated
 from gateway.config import Settings, get_settings
-from gateway.db.migrate import is_current, upgrade
+from gateway.db.migrate import is_current, prepare_embedded
 from gateway.errors import error_responses
 from gateway.health.endpoints import router as health_router
 from gateway.jobs.endpoints import router as jobs_router
 from gateway.observability.logging import configure_logging
-from gateway.observability.middleware import RequestContextMiddleware
+from gateway.observability.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.resources import close_resources, open_resources
 
 log = structlog.get_logger("gateway")
@@ -26,8 +28,7 @@ log = structlog.get_logger("gateway")
 async def prepare_database(settings: Settings) -> None:
     """SQLite (embedded) migrates itself; a shared PostgreSQL is migrated explicitly with ``imagegate migrate``."""
     if settings.is_sqlite:
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        await upgrade(settings.database_url)
+        await prepare_embedded(settings)
     elif not await is_current(settings.database_url):
         raise RuntimeError("The database schema is not up to date: run `imagegate migrate` first.")
 
@@ -56,11 +57,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     handlers.install(app)
+    # Added last = runs first: request id, then authentication of /v1 before any body is read.
+    app.add_middleware(AuthenticationMiddleware, backend=ApiKeyBackend(), on_error=unauthorized)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
 
     # Public routes live on their own router; everything under /v1 requires a valid token (fail closed).
     app.include_router(health_router)
-    v1 = APIRouter(prefix="/v1", dependencies=[Depends(authenticated)], responses=error_responses(400, 401, 403, 422))
+    v1 = APIRouter(
+        prefix="/v1",
+        dependencies=[Depends(authenticated)],
+        responses=error_responses(400, 401, 403, 413, 422),
+    )
     v1.include_router(jobs_router)
     v1.include_router(assets_router)
     app.include_router(v1)

@@ -52,7 +52,7 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
         read_sessionmaker=create_sessionmaker(engine, readonly=True),
         store=LocalAssetStore(settings.asset_dir),
         pool=BackendPool([PreviewAdapter("preview", step_ms=settings.preview_step_ms, models=settings.preview_models)]),
-        worker_id=f"{role}:{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}",
+        worker_id=f"{role}:{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}",
     )
     settings.asset_dir.mkdir(parents=True, exist_ok=True)
     if settings.redis_url is not None:

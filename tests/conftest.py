@@ -69,6 +69,13 @@ class Stack:
     app: Any
     res: Resources
     client: httpx.AsyncClient
+    worker: Any = None  # the in-process arq worker of a distributed stack
+
+    def running_tasks(self) -> int:
+        """Job runs in progress in this process (embedded runner or arq worker)."""
+        if self.res.runner is not None:
+            return len(self.res.runner._active)
+        return sum(not task.done() for task in self.worker.tasks.values()) if self.worker else 0
 
     async def system(self, name: str | None = None, scopes: str = "generate,batch") -> str:
         """Create a system and return a bearer token for it."""
@@ -128,7 +135,7 @@ async def start_stack(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             try:
-                yield Stack(mode=mode, app=app, res=res, client=client)
+                yield Stack(mode=mode, app=app, res=res, client=client, worker=worker)
             finally:
                 if worker is not None and worker_task is not None:
                     worker_task.cancel()

@@ -9,6 +9,7 @@ from fastapi.responses import FileResponse
 
 from gateway.assets import repository
 from gateway.auth.dependencies import Authenticator
+from gateway.common.ids import is_id
 from gateway.deps import ReadSessionDep, ResourcesDep
 from gateway.errors import NotFound, error_responses
 from gateway.systems.service import Principal
@@ -26,10 +27,10 @@ Reader = Annotated[Principal, Depends(Authenticator(any_of={Scope.generate, Scop
 )
 async def download_asset(asset_id: str, principal: Reader, session: ReadSessionDep, res: ResourcesDep) -> FileResponse:
     """Download an image of one of the caller's jobs."""
-    asset = await repository.get_for_system(session, asset_id, principal.system_id)
+    asset = await repository.get_for_system(session, asset_id, principal.system_id) if is_id(asset_id, "ast") else None
     path = res.store.path_for(asset.sha256, asset.format) if asset else None
     if asset is None or path is None or not path.is_file():
-        raise NotFound(f"No asset {asset_id!r}.", code="asset_not_found")
+        raise NotFound("No such asset.", code="asset_not_found")
     return FileResponse(
         path,
         media_type=asset.content_type,

@@ -20,6 +20,15 @@ class StoredObject:
     path: Path
 
 
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalAssetStore:
     """Writes are atomic (temp file + rename) and idempotent: the same bytes land at the same path once."""
 
@@ -41,6 +50,7 @@ class LocalAssetStore:
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
+                _fsync_dir(path.parent)
             except BaseException:
                 Path(tmp).unlink(missing_ok=True)
                 raise

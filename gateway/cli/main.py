@@ -14,7 +14,7 @@ from rich.table import Table
 
 from gateway.config import Settings, get_settings
 from gateway.db.engine import create_engine, create_sessionmaker, transaction
-from gateway.db.migrate import upgrade
+from gateway.db.migrate import prepare_embedded, upgrade
 from gateway.errors import ImagegateError
 from gateway.observability.logging import configure_logging
 from gateway.systems import repository as systems_repository
@@ -35,9 +35,7 @@ def _main() -> None:
     """Every command first brings an embedded SQLite database up to date."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    if settings.is_sqlite:
-        settings.var_dir.mkdir(parents=True, exist_ok=True)
-        asyncio.run(upgrade(settings.database_url))
+    asyncio.run(prepare_embedded(settings))
 
 
 def _with_session(work: Callable[[Any], Awaitable[T]]) -> T:

@@ -12,6 +12,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
+from gateway.config import Settings
 from gateway.db.engine import create_engine
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -54,6 +55,14 @@ async def upgrade(database_url: str) -> None:
                 await conn.commit()
         finally:
             await engine.dispose()
+
+
+async def prepare_embedded(settings: Settings) -> None:
+    """An embedded SQLite database is created and migrated by whatever process opens it first."""
+    if settings.sqlite_path is not None:
+        settings.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+    if settings.is_sqlite:
+        await upgrade(settings.database_url)
 
 
 async def is_current(database_url: str) -> bool:

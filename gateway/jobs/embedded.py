@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.common.time import utcnow
 from gateway.jobs import repository
 from gateway.jobs.reconcile import fail_exhausted
 from gateway.jobs.runner import run_job
@@ -30,6 +29,7 @@ class EmbeddedRunner:
         self._wake = asyncio.Event()
         self._active: dict[str, asyncio.Task[str]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     @property
     def alive(self) -> bool:
@@ -43,10 +43,16 @@ class EmbeddedRunner:
 
     async def stop(self) -> None:
         """Stop claiming; cancel running jobs, which hand themselves back to the queue."""
+        self._stopping = True
+        self.wake()
         if self._loop_task is not None:
-            self._loop_task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._loop_task
+            # Let the loop finish its current database call (cancelling an aiosqlite call mid-flight leaves
+            # its thread answering a closed loop); cancel only if it does not stop in time.
+            done, _ = await asyncio.wait({self._loop_task}, timeout=5)
+            if not done:
+                self._loop_task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await self._loop_task
         tasks = list(self._active.values())
         for task in tasks:
             task.cancel()
@@ -54,7 +60,7 @@ class EmbeddedRunner:
 
     async def _loop(self) -> None:
         settings = self.res.settings
-        while True:
+        while not self._stopping:
             try:
                 await fail_exhausted(self.res)
                 await self._fill(settings.embedded_concurrency - len(self._active))
@@ -62,6 +68,8 @@ class EmbeddedRunner:
                 raise
             except Exception:
                 log.exception("runner.poll_failed")
+            if self._stopping:
+                break
             self._wake.clear()
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=settings.poll_seconds)
@@ -72,7 +80,6 @@ class EmbeddedRunner:
         async with self.res.read_sessionmaker() as session:
             ids = await repository.claimable_ids(
                 session,
-                now=utcnow(),
                 max_attempts=self.res.settings.job_max_attempts,
                 limit=free,
                 exclude=list(self._active),

@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.common.time import utcnow
 from gateway.db.engine import transaction
 from gateway.jobs import repository
-from gateway.jobs.models import JobStatus
+from gateway.jobs.models import Job, JobStatus
 from gateway.jobs.queue import queue_ref
 
 if TYPE_CHECKING:
@@ -24,7 +23,7 @@ log = structlog.get_logger("gateway.reconciler")
 
 async def fail_exhausted(res: Resources) -> list[str]:
     async with transaction(res.sessionmaker) as session:
-        failed = await repository.fail_exhausted(session, now=utcnow(), max_attempts=res.settings.job_max_attempts)
+        failed = await repository.fail_exhausted(session, max_attempts=res.settings.job_max_attempts)
     for job_id in failed:
         log.warning("job.failed", job_id=job_id, code="worker_lost")
     return failed
@@ -34,21 +33,27 @@ async def reconcile(res: Resources) -> list[str]:
     """One pass; returns the ids of the jobs it re-enqueued."""
     await fail_exhausted(res)
     settings = res.settings
-    now = utcnow()
     async with res.read_sessionmaker() as session:
         candidates = await repository.lost_candidates(
-            session, now=now, grace=settings.reconcile_grace_seconds, max_attempts=settings.job_max_attempts
+            session, grace=settings.reconcile_grace_seconds, max_attempts=settings.job_max_attempts
         )
     requeued = []
     for job in candidates:
-        lease_expired = job.status == JobStatus.running.value
+        # A run whose lease expired still "holds" its queue entry (a dead worker's entry stays in progress until
+        # the queue's own timeout): the first pass after the expiry enqueues anew; later passes only repair a
+        # lost entry, like for queued jobs.
+        lease_expired = job.status == JobStatus.running.value and not _enqueued_since_expiry(job)
         if not lease_expired and job.queue_ref and await res.queue.is_pending(job.queue_ref):
             continue
         generation = int(job.queue_ref.rsplit(":", 1)[1]) + 1 if job.queue_ref else 0
         ref = queue_ref(job.id, generation)
         async with transaction(res.sessionmaker) as session:
-            await repository.set_queue_ref(session, job.id, ref, now=utcnow())
+            await repository.set_queue_ref(session, job.id, ref)
         await res.queue.enqueue(job.id, ref)
         requeued.append(job.id)
         log.info("job.requeued", job_id=job.id, ref=ref, reason="lease expired" if lease_expired else "entry lost")
     return requeued
+
+
+def _enqueued_since_expiry(job: Job) -> bool:
+    return job.enqueued_at is not None and job.lease_expires_at is not None and job.enqueued_at > job.lease_expires_at

@@ -1,20 +1,33 @@
-"""SQL for jobs. State changes are conditional updates, so that concurrent workers and cancels stay consistent."""
+"""SQL for jobs. State changes are conditional updates, so that concurrent workers and cancels stay consistent.
+
+Lease times come from the database's clock on PostgreSQL (workers on different hosts agree on one clock);
+the embedded SQLite database lives on one host, whose clock it uses.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, update
+from sqlalchemy import and_, func, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import col, select
 
+from gateway.common.time import utcnow
 from gateway.jobs.models import Job, JobStatus
 
 _RUNNING = JobStatus.running.value
 _QUEUED = JobStatus.queued.value
+
+
+def db_now(session: AsyncSession) -> Any:
+    """ "Now" for lease arithmetic: the database's clock where there is a shared one."""
+    assert session.bind is not None
+    if session.bind.dialect.name == "postgresql":
+        return func.now()  # typed DateTime, so that "now() + interval" binds the timedelta as an interval
+    return utcnow()
 
 
 def _held(job_id: str, lease_token: str) -> ColumnElement[bool]:
@@ -22,7 +35,7 @@ def _held(job_id: str, lease_token: str) -> ColumnElement[bool]:
     return and_(col(Job.id) == job_id, col(Job.status) == _RUNNING, col(Job.lease_token) == lease_token)
 
 
-def _claimable(now: datetime, max_attempts: int) -> ColumnElement[bool]:
+def _claimable(now: Any, max_attempts: int) -> ColumnElement[bool]:
     return and_(
         or_(
             col(Job.status) == _QUEUED,
@@ -60,16 +73,10 @@ async def list_for_system(
 
 
 async def claim(
-    session: AsyncSession,
-    job_id: str,
-    *,
-    owner: str,
-    lease_token: str,
-    now: datetime,
-    ttl: float,
-    max_attempts: int,
+    session: AsyncSession, job_id: str, *, owner: str, lease_token: str, ttl: float, max_attempts: int
 ) -> bool:
     """Take the job for one run: queued, or running under a lease that expired (its worker died)."""
+    now = db_now(session)
     result = await session.execute(
         update(Job)
         .where(col(Job.id) == job_id, _claimable(now, max_attempts))
@@ -86,14 +93,12 @@ async def claim(
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-async def heartbeat(
-    session: AsyncSession, job_id: str, lease_token: str, *, now: datetime, ttl: float, progress: float
-) -> bool:
+async def heartbeat(session: AsyncSession, job_id: str, lease_token: str, *, ttl: float, progress: float) -> bool:
     """Extend the lease and record progress; False when the job was cancelled or taken over."""
     result = await session.execute(
         update(Job)
         .where(_held(job_id, lease_token))
-        .values(lease_expires_at=now + timedelta(seconds=ttl), progress=progress)
+        .values(lease_expires_at=db_now(session) + timedelta(seconds=ttl), progress=progress)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -108,14 +113,13 @@ async def finish(
     lease_token: str,
     *,
     status: JobStatus,
-    now: datetime,
     error_code: str | None = None,
     error_message: str | None = None,
 ) -> bool:
     """Move a running job to a terminal state, only if this run still holds it."""
     values: dict[str, Any] = {
         "status": status.value,
-        "finished_at": now,
+        "finished_at": db_now(session),
         "lease_token": None,
         "lease_expires_at": None,
         "error_code": error_code,
@@ -127,44 +131,37 @@ async def finish(
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-async def release(session: AsyncSession, job_id: str, lease_token: str) -> bool:
-    """Give a running job back to the queue (graceful shutdown): the interrupted run does not count as an attempt."""
+async def expire_lease(session: AsyncSession, job_id: str, lease_token: str) -> bool:
+    """Give up a run that was interrupted (shutdown, timeout of the queue): the job is claimable again at once,
+    and the run counts as an attempt, so that a job that always gets interrupted ends as ``worker_lost``."""
     result = await session.execute(
-        update(Job)
-        .where(_held(job_id, lease_token))
-        .values(
-            status=_QUEUED,
-            lease_owner=None,
-            lease_token=None,
-            lease_expires_at=None,
-            progress=0.0,
-            attempts=col(Job.attempts) - 1,
-        )
+        update(Job).where(_held(job_id, lease_token)).values(lease_expires_at=db_now(session) - timedelta(seconds=1))
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-async def cancel(session: AsyncSession, job_id: str, *, now: datetime) -> bool:
+async def cancel(session: AsyncSession, job_id: str) -> bool:
     result = await session.execute(
         update(Job)
         .where(col(Job.id) == job_id, col(Job.status).in_([_QUEUED, _RUNNING]))
-        .values(status=JobStatus.cancelled.value, finished_at=now, lease_token=None, lease_expires_at=None)
+        .values(status=JobStatus.cancelled.value, finished_at=db_now(session), lease_token=None, lease_expires_at=None)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 async def claimable_ids(
-    session: AsyncSession, *, now: datetime, max_attempts: int, limit: int, exclude: Sequence[str] = ()
+    session: AsyncSession, *, max_attempts: int, limit: int, exclude: Sequence[str] = ()
 ) -> list[str]:
-    query = select(Job.id).where(_claimable(now, max_attempts))
+    query = select(Job.id).where(_claimable(db_now(session), max_attempts))
     if exclude:
         query = query.where(col(Job.id).not_in(list(exclude)))
     result = await session.execute(query.order_by(col(Job.created_at), col(Job.id)).limit(limit))
     return list(result.scalars())
 
 
-async def fail_exhausted(session: AsyncSession, *, now: datetime, max_attempts: int) -> list[str]:
+async def fail_exhausted(session: AsyncSession, *, max_attempts: int) -> list[str]:
     """Jobs whose worker died on every allowed attempt: fail them rather than retry forever."""
+    now = db_now(session)
     stale = and_(
         col(Job.status) == _RUNNING,
         col(Job.lease_expires_at) < now,
@@ -181,19 +178,21 @@ async def fail_exhausted(session: AsyncSession, *, now: datetime, max_attempts: 
                 lease_token=None,
                 lease_expires_at=None,
                 error_code="worker_lost",
-                error_message=f"The job's worker stopped during each of {max_attempts} attempts.",
+                error_message=f"The job's run was interrupted on each of {max_attempts} attempts.",
             )
         )
     return ids
 
 
-async def lost_candidates(session: AsyncSession, *, now: datetime, grace: float, max_attempts: int) -> Sequence[Job]:
-    """Jobs that should be in the queue: queued for longer than ``grace``, or running under an expired lease."""
-    cutoff = now - timedelta(seconds=grace)
+async def lost_candidates(session: AsyncSession, *, grace: float, max_attempts: int) -> Sequence[Job]:
+    """Jobs that should be in the queue: queued, or running under an expired lease, and not (re-)enqueued
+    within the last ``grace`` seconds. The reconciler then checks whether their entry is still pending."""
+    now = db_now(session)
     query = select(Job).where(
         col(Job.attempts) < max_attempts,
+        or_(col(Job.enqueued_at).is_(None), col(Job.enqueued_at) < now - timedelta(seconds=grace)),
         or_(
-            and_(col(Job.status) == _QUEUED, or_(col(Job.enqueued_at).is_(None), col(Job.enqueued_at) < cutoff)),
+            col(Job.status) == _QUEUED,
             and_(col(Job.status) == _RUNNING, col(Job.lease_expires_at) < now),
         ),
     )
@@ -201,5 +200,5 @@ async def lost_candidates(session: AsyncSession, *, now: datetime, grace: float,
     return result.scalars().all()
 
 
-async def set_queue_ref(session: AsyncSession, job_id: str, ref: str, *, now: datetime) -> None:
-    await session.execute(update(Job).where(col(Job.id) == job_id).values(queue_ref=ref, enqueued_at=now))
+async def set_queue_ref(session: AsyncSession, job_id: str, ref: str) -> None:
+    await session.execute(update(Job).where(col(Job.id) == job_id).values(queue_ref=ref, enqueued_at=db_now(session)))

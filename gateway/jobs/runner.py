@@ -1,7 +1,7 @@
 """``run_job``: one run of one job, the same function for the embedded runner and for arq workers.
 
-Claim with a lease -> generate on a backend while a heartbeat renews the lease (and notices a cancel) ->
-store the images -> write the result in one transaction, only if this run still holds the lease.
+Claim with a lease -> generate on a backend and store the images while a heartbeat renews the lease (and
+notices a cancel) -> write the result in one transaction, only if this run still holds the lease.
 Two runs of one job can never both complete it.
 """
 
@@ -9,28 +9,32 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import time
+from collections.abc import Awaitable
 from contextlib import suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import structlog
 
 from gateway.assets.convert import convert
 from gateway.assets.models import Asset
 from gateway.assets.storage import CONTENT_TYPES
-from gateway.backends.base import Adapter, BackendError, GeneratedImage, GenerationRequest
-from gateway.common.time import utcnow
+from gateway.backends.base import BackendError, GeneratedImage, GenerationRequest
 from gateway.db.engine import transaction
 from gateway.jobs import repository
 from gateway.jobs.models import Job, JobStatus
+from gateway.systems.models import System
 
 if TYPE_CHECKING:
     from gateway.resources import Resources
 
 log = structlog.get_logger("gateway.jobs")
+T = TypeVar("T")
+_CANCEL_GRACE_SECONDS = 10.0  # how long an interrupted backend call may take to wind down
 
 
 class _LeaseLost(Exception):
-    """The job was cancelled or taken over while this run was generating."""
+    """The job was cancelled or taken over while this run was working on it."""
 
 
 def _request_of(job: Job) -> GenerationRequest:
@@ -59,15 +63,15 @@ async def run_job(res: Resources, job_id: str) -> str:
                 job_id,
                 owner=res.worker_id,
                 lease_token=lease,
-                now=utcnow(),
                 ttl=settings.job_lease_seconds,
                 max_attempts=settings.job_max_attempts,
             )
             job = await repository.get(session, job_id) if claimed else None
+            system = await session.get(System, job.system_id) if job else None
         if job is None:
             log.debug("job.skipped", reason="not claimable")
             return "skipped"
-        structlog.contextvars.bind_contextvars(system_id=job.system_id)
+        structlog.contextvars.bind_contextvars(system=system.name if system else job.system_id)
         log.info("job.started", attempt=job.attempts)
         try:
             outcome = await _run_claimed(res, job, lease)
@@ -75,10 +79,11 @@ async def run_job(res: Resources, job_id: str) -> str:
             log.info("job.abandoned", reason="cancelled or taken over")
             return "abandoned"
         except asyncio.CancelledError:
-            # The process is stopping: hand the job back so that it runs again at once after restart.
+            # Interrupted (shutdown, or the queue's own time limit): make the job claimable again at once.
             with suppress(Exception):
                 async with transaction(res.sessionmaker) as session:
-                    await repository.release(session, job_id, lease)
+                    await repository.expire_lease(session, job_id, lease)
+            log.info("job.interrupted")
             raise
         log.info("job.finished", outcome=outcome)
         return outcome
@@ -90,8 +95,10 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
         return await _fail(res, job.id, lease, "no_backend", f"No backend serves model {job.model!r}.")
     async with transaction(res.sessionmaker) as session:
         await repository.set_backend(session, job.id, lease, adapter.name)
+    progress = _Progress()
     try:
-        images = await _generate_with_heartbeat(res, job, lease, adapter)
+        images = await _with_heartbeat(res, job.id, lease, progress, adapter.generate(_request_of(job), progress))
+        assets = await _with_heartbeat(res, job.id, lease, progress, _store(res, job, images))
     except BackendError as exc:
         return await _fail(res, job.id, lease, exc.code, exc.message)
     except (_LeaseLost, asyncio.CancelledError):
@@ -99,52 +106,67 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
     except Exception:
         log.exception("job.internal_error")
         return await _fail(res, job.id, lease, "internal_error", "An internal error stopped this job.")
-    return await _complete(res, job, lease, images)
+    async with transaction(res.sessionmaker) as session:
+        if not await repository.finish(session, job.id, lease, status=JobStatus.succeeded):
+            raise _LeaseLost
+        session.add_all(assets)
+    return JobStatus.succeeded.value
 
 
-async def _generate_with_heartbeat(res: Resources, job: Job, lease: str, adapter: Adapter) -> list[GeneratedImage]:
+class _Progress:
+    """The adapter's progress callback; the heartbeat writes the latest value."""
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    async def __call__(self, value: float) -> None:
+        self.value = max(0.0, min(1.0, value))
+
+
+async def _with_heartbeat(res: Resources, job_id: str, lease: str, progress: _Progress, work: Awaitable[T]) -> T:
+    """Await ``work`` while renewing the lease. A cancel or takeover (the renewal finds the lease gone)
+    cancels ``work``, which interrupts the generation on its backend. A database hiccup during a renewal
+    is tolerated until the lease is nearly out; then the run is abandoned (not failed: it runs again)."""
     settings = res.settings
-    progress = {"value": 0.0}
-
-    async def on_progress(value: float) -> None:
-        progress["value"] = max(0.0, min(1.0, value))
-
-    task = asyncio.ensure_future(adapter.generate(_request_of(job), on_progress))
-    interval = min(1.0, settings.job_lease_seconds / 3)
-    deadline = asyncio.get_running_loop().time() + settings.job_timeout_seconds
+    ttl = settings.job_lease_seconds
+    interval = min(1.0, ttl / 3)
+    task = asyncio.ensure_future(work)
+    last_renewal = time.monotonic()
+    deadline = last_renewal + settings.job_timeout_seconds
     try:
         while True:
-            if asyncio.get_running_loop().time() > deadline:
-                raise BackendError(f"The generation took longer than {settings.job_timeout_seconds} s.", code="timeout")
             done, _ = await asyncio.wait({task}, timeout=interval)
             if done:
                 return task.result()
-            async with transaction(res.sessionmaker) as session:
-                held = await repository.heartbeat(
-                    session,
-                    job.id,
-                    lease,
-                    now=utcnow(),
-                    ttl=settings.job_lease_seconds,
-                    progress=min(progress["value"], 0.99),
-                )
+            if time.monotonic() > deadline:
+                raise BackendError(f"The generation took longer than {settings.job_timeout_seconds} s.", code="timeout")
+            try:
+                async with transaction(res.sessionmaker) as session:
+                    held = await repository.heartbeat(
+                        session, job_id, lease, ttl=ttl, progress=min(progress.value, 0.99)
+                    )
+            except Exception:
+                if time.monotonic() - last_renewal > ttl * 0.8:
+                    raise _LeaseLost from None
+                log.warning("job.heartbeat_failed", exc_info=True)
+                continue
             if not held:
                 raise _LeaseLost
+            last_renewal = time.monotonic()
     finally:
         if not task.done():
-            task.cancel()  # cancelling the adapter call interrupts the generation on its backend
-            with suppress(BaseException):
-                await task
+            task.cancel()
+            # Give the backend call a bounded time to stop (an adapter that ignores cancel cannot hang us).
+            await asyncio.wait({task}, timeout=_CANCEL_GRACE_SECONDS)
 
 
-async def _complete(res: Resources, job: Job, lease: str, images: list[GeneratedImage]) -> str:
+async def _store(res: Resources, job: Job, images: list[GeneratedImage]) -> list[Asset]:
+    """Write the images to the content-addressed store (converted to the job's format if needed)."""
     assets = []
     for index, image in enumerate(images):
-        data = (
-            image.data
-            if image.format == job.output_format
-            else await asyncio.to_thread(convert, image.data, job.output_format)
-        )
+        data = image.data
+        if image.format != job.output_format:
+            data = await asyncio.to_thread(convert, image.data, job.output_format)
         stored = await res.store.put(data, job.output_format)
         assets.append(
             Asset(
@@ -160,25 +182,18 @@ async def _complete(res: Resources, job: Job, lease: str, images: list[Generated
                 seed=image.seed,
             )
         )
-    async with transaction(res.sessionmaker) as session:
-        if not await repository.finish(session, job.id, lease, status=JobStatus.succeeded, now=utcnow()):
-            raise _LeaseLost
-        session.add_all(assets)
-    return JobStatus.succeeded.value
+    return assets
 
 
 async def _fail(res: Resources, job_id: str, lease: str, code: str, message: str) -> str:
     async with transaction(res.sessionmaker) as session:
         done = await repository.finish(
-            session,
-            job_id,
-            lease,
-            status=JobStatus.failed,
-            now=utcnow(),
-            error_code=code,
-            error_message=message,
+            session, job_id, lease, status=JobStatus.failed, error_code=code, error_message=message
         )
     if not done:
         raise _LeaseLost
     log.warning("job.failed", code=code, message=message)
     return JobStatus.failed.value
+
+
+__all__ = ["run_job"]

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.assets import repository as asset_repository
 from gateway.assets.models import Asset
+from gateway.common.ids import is_id
 from gateway.common.time import utcnow
 from gateway.errors import Conflict, NotFound
 from gateway.jobs import repository
@@ -76,9 +77,9 @@ def _replay(existing: Job, digest: str) -> Job:
 
 
 async def get_job(session: AsyncSession, *, principal: Principal, job_id: str) -> Job:
-    job = await repository.get_for_system(session, job_id, principal.system_id)
+    job = await repository.get_for_system(session, job_id, principal.system_id) if is_id(job_id, "job") else None
     if job is None:
-        raise NotFound(f"No job {job_id!r}.", code="job_not_found")
+        raise NotFound("No such job.", code="job_not_found")
     return job
 
 
@@ -101,7 +102,7 @@ async def cancel_job(session: AsyncSession, *, principal: Principal, job_id: str
     job = await get_job(session, principal=principal, job_id=job_id)
     if job.status == JobStatus.cancelled:
         return job
-    if not await repository.cancel(session, job.id, now=utcnow()):
+    if not await repository.cancel(session, job.id):
         current = await repository.get(session, job.id)
         status = current.status if current else job.status
         raise Conflict(

@@ -1,4 +1,4 @@
-"""Request id and access log, as pure ASGI middleware (no body buffering)."""
+"""Request id, access log and body size limit, as pure ASGI middleware (no body buffering)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ import uuid
 
 import structlog
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -49,3 +51,37 @@ class RequestContextMiddleware:
                 status=status_code,
                 duration_ms=round((time.perf_counter() - started) * 1000, 1),
             )
+
+
+class BodyLimitMiddleware:
+    """Refuse bodies over ``max_bytes`` with 413: at once when Content-Length says so, otherwise as soon as
+    the streamed bytes pass the limit (raised inside the route, so it renders to the error envelope)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse(
+                {"error": {"code": "payload_too_large", "message": f"The body is over {self.max_bytes} bytes."}},
+                status_code=413,
+            )
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, f"The body is over {self.max_bytes} bytes.")
+            return message
+
+        await self.app(scope, limited_receive, send)

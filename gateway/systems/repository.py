@@ -30,9 +30,10 @@ async def get_active_token(session: AsyncSession, token_hash: str) -> tuple[Toke
     return (row[0], row[1]) if row else None
 
 
-async def tokens_by_prefix(session: AsyncSession, prefix: str) -> Sequence[Token]:
+async def tokens_by_prefix(session: AsyncSession, prefix: str) -> list[Token]:
+    """Tokens whose display prefix starts with ``prefix``, case-sensitively (SQLite's LIKE ignores case)."""
     result = await session.execute(select(Token).where(col(Token.prefix).startswith(prefix, autoescape=True)))
-    return result.scalars().all()
+    return [token for token in result.scalars() if token.prefix.startswith(prefix)]
 
 
 async def tokens_of(session: AsyncSession, system_id: str) -> Sequence[Token]:

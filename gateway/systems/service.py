@@ -76,7 +76,7 @@ async def revoke_token(session: AsyncSession, *, prefix: str) -> Token:
             if t.token_hash == hash_token(prefix)
         ]
     else:
-        matches = list(await repository.tokens_by_prefix(session, prefix))
+        matches = await repository.tokens_by_prefix(session, prefix)
     if not matches:
         raise NotFound(f"No token starts with {prefix!r}.")
     if len(matches) > 1:

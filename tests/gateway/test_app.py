@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import httpx
+import sqlalchemy.exc
+from sqlalchemy import text
 
 from gateway.db.migrate import upgrade
 from gateway.deps import get_read_session
 from gateway.main import create_app
-from tests.conftest import Stack, auth, make_settings
+from tests.conftest import Stack, auth, make_settings, start_stack
 from tests.services import create_pg_database, drop_pg_database
 
 
@@ -89,3 +92,50 @@ async def test_with_redis_down_jobs_are_still_accepted_and_readyz_says_unavailab
                 assert ready.json()["checks"]["queue"].startswith("error")
     finally:
         await drop_pg_database(url)
+
+
+async def test_body_over_the_limit_is_413_whether_declared_or_streamed(tmp_path: Path) -> None:
+    async for stack in start_stack("embedded", tmp_path, None, max_body_bytes=4096):
+        token = await stack.system()
+        declared = await stack.client.post(
+            "/v1/jobs", content=b"{" + b" " * 5000 + b"}", headers={**auth(token), "Content-Type": "application/json"}
+        )
+
+        async def chunks():  # type: ignore[no-untyped-def]
+            for _ in range(10):
+                yield b" " * 1000
+
+        streamed = await stack.client.post(
+            "/v1/jobs", content=chunks(), headers={**auth(token), "Content-Type": "application/json"}
+        )
+        for response in (declared, streamed):
+            assert response.status_code == 413
+            assert response.json()["error"]["code"] == "payload_too_large"
+        fits = await stack.client.post("/v1/jobs", json={"prompt": "x" * 3000}, headers=auth(token))
+        assert fits.status_code == 202
+        assert (await stack.client.get("/v1/jobs", headers=auth(token))).json()["items"][0]["id"] == fits.json()["id"]
+
+
+async def test_readyz_answers_at_once_while_a_writer_holds_the_sqlite_lock(embedded: Stack) -> None:
+    async with embedded.res.sessionmaker() as writer:
+        await writer.execute(text("UPDATE jobs SET progress = progress"))
+        ready = await asyncio.wait_for(embedded.client.get("/readyz"), timeout=3)
+        await writer.rollback()
+    assert ready.status_code == 200
+
+
+async def test_unavailable_database_is_503_with_retry_after(embedded: Stack) -> None:
+    token = await embedded.system()
+
+    async def unavailable():  # type: ignore[no-untyped-def]
+        raise sqlalchemy.exc.TimeoutError("QueuePool limit of size 5 overflow 10 reached")
+        yield
+
+    embedded.app.dependency_overrides[get_read_session] = unavailable
+    transport = httpx.ASGITransport(app=embedded.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/v1/jobs", headers=auth(token))
+    embedded.app.dependency_overrides.clear()
+    assert response.status_code == 503
+    assert response.headers["Retry-After"] == "1"
+    assert response.json()["error"]["code"] == "unavailable"

@@ -64,9 +64,23 @@ async def test_every_authentication_failure_is_the_same_401(embedded: Stack, mak
     assert (await embedded.client.get("/v1/jobs", headers=auth(valid))).status_code == 200
 
 
-async def test_authentication_is_checked_before_the_body(embedded: Stack) -> None:
-    response = await embedded.client.post("/v1/jobs", json={"width": "nope"})
+@pytest.mark.parametrize(
+    "body",
+    [b'{"width": "nope"}', b"{not json", b"\x80\x81", b"x" * 200_000],
+    ids=["invalid", "broken", "bytes", "large"],
+)
+async def test_authentication_is_checked_before_the_body_is_read(embedded: Stack, body: bytes) -> None:
+    received = 0
+
+    async def stream():  # type: ignore[no-untyped-def]
+        nonlocal received
+        for start in range(0, len(body), 1000):
+            received += 1
+            yield body[start : start + 1000]
+
+    response = await embedded.client.post("/v1/jobs", content=stream(), headers={"Content-Type": "application/json"})
     assert response.status_code == 401
+    assert received == 0  # the gateway answered without pulling a single chunk of the body
 
 
 async def test_revoked_token_stops_working_and_others_of_the_system_keep_working(embedded: Stack) -> None:

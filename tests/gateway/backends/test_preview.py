@@ -100,17 +100,21 @@ async def test_adapter_reports_progress_and_returns_n_images() -> None:
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == 16
 
 
-async def test_cancelling_generate_stops_it() -> None:
-    adapter = PreviewAdapter(step_ms=50)
+async def test_cancelling_generate_stops_the_work() -> None:
+    adapter = PreviewAdapter(step_ms=20)
+    seen: list[float] = []
 
     async def progress(value: float) -> None:
-        return None
+        seen.append(value)
 
     task = asyncio.create_task(adapter.generate(replace(BASE, steps=100), progress))
-    await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    stopped_at = len(seen)
+    await asyncio.sleep(0.2)
+    assert 0 < stopped_at < 100 and len(seen) == stopped_at  # no step ran after the cancel
 
 
 def test_models_served() -> None:

@@ -74,7 +74,7 @@ def test_jobs_accepted_before_kill_9_of_the_embedded_server_run_once_after_resta
     posts = [e for e in first.events() if e.get("event") == "request" and e.get("method") == "POST"]
     assert len(posts) == 4 and all(e["system"] == "crm" and len(e["request_id"]) == 32 for e in posts)
     started = [e for e in second.events() if e.get("event") == "job.started"]
-    assert {e["job_id"] for e in started} <= set(ids) and all(e["system_id"].startswith("sys_") for e in started)
+    assert {e["job_id"] for e in started} <= set(ids) and all(e["system"] == "crm" for e in started)
 
 
 async def test_killed_arq_worker_mid_job_its_job_completes_once_on_another_worker(
@@ -161,3 +161,38 @@ async def test_two_workers_sharing_a_queue_complete_every_job_exactly_once(tmp_p
         async with stack.res.sessionmaker() as session:
             owners = (await session.execute(text("SELECT DISTINCT lease_owner FROM jobs"))).scalars().all()
         assert len(owners) == 2  # both workers ran jobs
+
+
+async def test_reconciler_enqueues_a_dead_runs_job_once_not_on_every_pass(tmp_path: Path, pg_database: str) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from gateway.common.time import utcnow
+    from gateway.db.engine import transaction
+    from gateway.jobs.reconcile import reconcile
+
+    async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
+        token = await stack.system()
+        job = await stack.submit(token)
+        async with transaction(stack.res.sessionmaker) as session:  # a worker took it, then died
+            await session.execute(
+                update(Job)
+                .where(Job.id == job["id"])  # type: ignore[arg-type]
+                .values(
+                    status="running",
+                    attempts=1,
+                    lease_token="dead",
+                    lease_expires_at=utcnow() - timedelta(seconds=5),
+                    enqueued_at=utcnow() - timedelta(seconds=60),
+                )
+            )
+        assert await reconcile(stack.res) == [job["id"]]
+        assert await reconcile(stack.res) == []  # just enqueued
+        await asyncio.sleep(stack.res.settings.reconcile_grace_seconds + 0.2)
+        assert await reconcile(stack.res) == []  # its new entry is still pending in Redis: nothing to repair
+        client = aioredis.from_url(REDIS_URL)
+        try:
+            assert await client.zcard(stack.res.settings.queue_name) == 2  # the first entry and the new one
+        finally:
+            await client.aclose()

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import Stack, auth
+from gateway.jobs.worker import build_worker
+from tests.conftest import Stack, auth, start_stack
 
 
 async def test_submitted_job_runs_to_success_with_downloadable_assets(stack: Stack) -> None:
@@ -96,19 +98,40 @@ async def test_idempotency_keys_are_per_system(stack: Stack) -> None:
     assert ja.json()["id"] != jb.json()["id"]
 
 
-async def test_cancel_of_queued_or_running_job_stops_it_without_assets(stack: Stack) -> None:
+async def test_cancel_of_a_running_job_stops_its_generation(stack: Stack) -> None:
     token = await stack.system()
     job = await stack.submit(token, steps=150)  # 3 s on the test preview backend
     await stack.wait(token, job["id"], until=lambda j: j["status"] == "running" and j["progress"] > 0)
+    assert stack.running_tasks() == 1
     response = await stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(token))
     assert response.status_code == 200
     assert response.json()["status"] == "cancelled"
-    await asyncio.sleep(1.5)  # longer than a heartbeat: the worker noticed and stopped
+    await asyncio.sleep(1.5)  # a heartbeat later: the run noticed and stopped, long before its 3 s were up
+    assert stack.running_tasks() == 0
     after = (await stack.client.get(f"/v1/jobs/{job['id']}", headers=auth(token))).json()
     assert after["status"] == "cancelled"
     assert after["assets"] == []
     again = await stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(token))
     assert again.status_code == 200
+
+
+async def test_cancelled_queued_job_never_runs(tmp_path: Path, pg_database: str) -> None:
+    async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
+        token = await stack.system()
+        job = await stack.submit(token)
+        cancelled = await stack.client.post(f"/v1/jobs/{job['id']}/cancel", headers=auth(token))
+        assert cancelled.json()["status"] == "cancelled"
+        other = await stack.submit(token)
+        worker = build_worker(stack.res.settings, handle_signals=False)
+        task = asyncio.create_task(worker.async_run())
+        try:
+            await stack.wait(token, other["id"])  # the worker ran the queue past the cancelled job
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await worker.close()
+        after = (await stack.client.get(f"/v1/jobs/{job['id']}", headers=auth(token))).json()
+        assert (after["status"], after["attempts"], after["started_at"]) == ("cancelled", 0, None)
 
 
 async def test_cancel_of_finished_job_is_409(stack: Stack) -> None:
@@ -163,3 +186,25 @@ async def test_job_of_model_no_backend_serves_fails_with_no_backend(embedded: St
     assert job["status"] == "failed"
     assert job["error"]["code"] == "no_backend"
     assert "sdxl-base" in job["error"]["message"]
+
+
+async def test_many_concurrent_submits_are_all_accepted(stack: Stack) -> None:
+    """More requests at once than the database pool has connections: each waits its turn, none fails."""
+    token = await stack.system()
+    body = {"prompt": "burst", "width": 64, "height": 64, "steps": 1}
+    responses = await asyncio.gather(
+        *(stack.client.post("/v1/jobs", json=body, headers=auth(token)) for _ in range(60))
+    )
+    assert [r.status_code for r in responses] == [202] * 60
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/v1/jobs/job_%00x", "/v1/jobs/job_%00x/cancel", "/v1/assets/ast_%00x", "/v1/jobs/" + "j" * 5000],
+)
+async def test_malformed_ids_answer_404_without_echoing_them(stack: Stack, path: str) -> None:
+    token = await stack.system()
+    method = "POST" if path.endswith("/cancel") else "GET"
+    response = await stack.client.request(method, path, headers=auth(token))
+    assert response.status_code == 404
+    assert "j" * 100 not in response.text and "%00" not in response.text

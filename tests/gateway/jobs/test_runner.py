@@ -126,3 +126,15 @@ async def test_generation_longer_than_the_job_timeout_fails_with_timeout(res: Re
     assert await run_job(res, job_id) == "failed"
     job, assets = await _job_and_asset_count(res, job_id)
     assert (job.status, job.error_code, assets) == (JobStatus.failed, "timeout", 0)
+
+
+async def test_interrupted_run_leaves_the_job_claimable_at_once_and_counts_the_attempt(res: Resources) -> None:
+    job_id = await _queued_job(res, steps=100)
+    run = asyncio.create_task(run_job(res, job_id))
+    await asyncio.sleep(0.3)
+    run.cancel()  # a worker shutting down, or the queue's own time limit
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert await run_job(res, job_id) == "succeeded"  # no waiting for the lease to run out
+    job, assets = await _job_and_asset_count(res, job_id)
+    assert (job.status, job.attempts, assets) == (JobStatus.succeeded, 2, 2)

@@ -129,3 +129,24 @@ def test_serve_demo_prints_three_keys_that_work_and_survive_a_restart(env: dict[
             server.stop()
 
     assert run_once("first.log") == run_once("second.log")
+
+
+def test_revoke_matches_the_prefix_case_sensitively(env: dict[str, str]) -> None:
+    token = cli(env, "systems", "add", "crm").stdout.strip().splitlines()[-1]
+    swapped = token[:12].swapcase().replace("IGW_", "igw_")
+    if swapped == token[:12]:
+        pytest.skip("the random prefix has no letters to swap")
+    result = cli(env, "tokens", "revoke", swapped)
+    assert result.returncode == 1
+    listed = json.loads(cli(env, "systems", "list", "--json").stdout)
+    assert listed[0]["tokens"] == [{"prefix": token[:12], "revoked": False}]
+
+
+def test_var_dir_alone_places_the_database_and_assets_under_it(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    for key in ("IMAGEGATE_DATABASE_URL", "IMAGEGATE_ASSET_DIR"):
+        env.pop(key)
+    env["IMAGEGATE_VAR_DIR"] = str(tmp_path / "deep" / "state")
+    result = cli(env, "systems", "add", "crm")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "deep" / "state" / "imagegate.db").is_file()
