@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import sqlalchemy.exc
 from pydantic import BaseModel, Field
 
 
@@ -73,6 +74,15 @@ class ValidationFailed(ImagegateError):
 class ServiceUnavailable(ImagegateError):
     status_code = 503
     code = "unavailable"
+
+
+# Exceptions meaning the database is down, saturated (pool timeout) or locked: answered 503, not 500.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.TimeoutError,
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    ConnectionError,
+)
 
 
 class ErrorBody(BaseModel):

@@ -5,7 +5,6 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
-import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from gateway.errors import ImagegateError
+from gateway.errors import DATABASE_UNAVAILABLE, ImagegateError
 
 log = structlog.get_logger("gateway.errors")
 
@@ -82,22 +81,27 @@ def _allowed_methods(request: Request) -> list[str]:
     ]
 
 
-# The database is down, overloaded or locked: not the caller's fault, not a bug; worth a retry.
-_UNAVAILABLE = (sqlalchemy.exc.TimeoutError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError, OSError)
+async def unavailable_error(request: Request, exc: Exception) -> JSONResponse:
+    """The database is down, saturated or locked: not the caller's fault and not a bug; worth a retry."""
+    log.warning("database_unavailable", error=repr(exc), path=request.url.path)
+    return unavailable_response(request.scope.get("state", {}).get("request_id"))
+
+
+def unavailable_response(request_id: str | None) -> JSONResponse:
+    return _envelope(
+        503,
+        "unavailable",
+        "The service is briefly unavailable; retry.",
+        {"request_id": request_id},
+        {"Retry-After": "1"},
+    )
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    """A bug (500) or an unavailable database (503). Logged with the traceback; the client gets no internals,
-    only the request id to report."""
+    """A bug. Logged with its traceback; the client gets no internals, only the request id to report."""
     request_id = request.scope.get("state", {}).get("request_id")
-    headers = {"X-Request-ID": request_id} if request_id else {}
-    if isinstance(exc, _UNAVAILABLE):
-        log.warning("database_unavailable", exc_info=exc, path=request.url.path)
-        headers["Retry-After"] = "1"
-        return _envelope(
-            503, "unavailable", "The service is briefly unavailable; retry.", {"request_id": request_id}, headers
-        )
     log.error("unhandled_error", exc_info=exc, path=request.url.path)
+    headers = {"X-Request-ID": request_id} if request_id else None
     return _envelope(500, "internal_error", "An internal error occurred.", {"request_id": request_id}, headers)
 
 
@@ -105,4 +109,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ImagegateError, imagegate_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    for unavailable in DATABASE_UNAVAILABLE:
+        app.add_exception_handler(unavailable, unavailable_error)
     app.add_exception_handler(Exception, unexpected_error)

@@ -34,6 +34,7 @@ class Resources:
     queue: JobQueue = field(init=False)
     runner: EmbeddedRunner | None = None
     redis: ArqRedis | None = None
+    stopping: bool = False  # set on a graceful shutdown: interrupted runs go back to the queue uncounted
 
 
 def redis_settings(settings: Settings) -> RedisSettings:

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,6 +112,22 @@ class Stack:
             await asyncio.sleep(0.05)
 
 
+@asynccontextmanager
+async def running_worker(settings: Settings) -> AsyncIterator[Any]:
+    """An arq worker running in this event loop, stopped as a SIGTERM would stop it."""
+    worker = build_worker(settings, handle_signals=False)
+    task = asyncio.create_task(worker.async_run())
+    try:
+        yield worker
+    finally:
+        worker.handle_sig(signal.SIGTERM)  # marks the shutdown and cancels running jobs
+        await asyncio.gather(*worker.tasks.values(), return_exceptions=True)
+        worker.tasks.clear()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await worker.close()
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
@@ -125,22 +143,17 @@ async def start_stack(
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         res: Resources = app.state.resources
-        worker_task: asyncio.Task[Any] | None = None
-        worker = None
         if mode == "distributed":
             await _truncate(res)
-        if mode == "distributed" and with_worker:
-            worker = build_worker(settings, handle_signals=False)
-            worker_task = asyncio.create_task(worker.async_run())
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            try:
-                yield Stack(mode=mode, app=app, res=res, client=client, worker=worker)
-            finally:
-                if worker is not None and worker_task is not None:
-                    worker_task.cancel()
-                    await asyncio.gather(worker_task, return_exceptions=True)
-                    await worker.close()
+        async with (
+            AsyncExitStack() as stack,
+            httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+        ):
+            worker = None
+            if mode == "distributed" and with_worker:
+                worker = await stack.enter_async_context(running_worker(settings))
+            yield Stack(mode=mode, app=app, res=res, client=client, worker=worker)
 
 
 @pytest.fixture(params=["embedded", "distributed"])

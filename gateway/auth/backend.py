@@ -8,10 +8,12 @@ from fastapi.responses import JSONResponse
 from starlette.authentication import AuthCredentials, AuthenticationBackend, AuthenticationError, BaseUser
 from starlette.requests import HTTPConnection
 
-from gateway.errors import Unauthorized
+from gateway.errors import DATABASE_UNAVAILABLE, Unauthorized
+from gateway.handlers import unavailable_response
 from gateway.systems.service import Principal, authenticate
 
 PROTECTED_PREFIX = "/v1"
+log = structlog.get_logger("gateway.auth")
 
 
 class PrincipalUser(BaseUser):
@@ -29,25 +31,39 @@ class PrincipalUser(BaseUser):
         return self.principal.system_name
 
 
-def _protected(path: str) -> bool:
+class _Unavailable(AuthenticationError):
+    """The key could not be checked because the database is unavailable (answered 503, not 401)."""
+
+
+def _protected(conn: HTTPConnection) -> bool:
+    path: str = conn.scope["path"]
+    root_path: str = conn.scope.get("root_path", "")
+    if root_path and path.startswith(root_path):  # mounted under a prefix: match what the router matches
+        path = path[len(root_path) :]
     return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
 
 
 class ApiKeyBackend(AuthenticationBackend):
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
-        if not _protected(conn.url.path):
+        if not _protected(conn):
             return None  # public routes: health, docs
         scheme, _, credentials = conn.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not credentials.strip():
             raise AuthenticationError
-        async with conn.app.state.resources.read_sessionmaker() as session:
-            principal = await authenticate(session, credentials.strip())
+        try:
+            async with conn.app.state.resources.read_sessionmaker() as session:
+                principal = await authenticate(session, credentials.strip())
+        except DATABASE_UNAVAILABLE as exc:
+            log.warning("database_unavailable", error=repr(exc), path=conn.url.path)
+            raise _Unavailable from exc
         if principal is None:
             raise AuthenticationError
         structlog.contextvars.bind_contextvars(system=principal.system_name)
         return AuthCredentials(sorted(principal.scopes)), PrincipalUser(principal)
 
 
-def unauthorized(_: HTTPConnection, __: AuthenticationError) -> JSONResponse:
+def unauthorized(conn: HTTPConnection, exc: AuthenticationError) -> JSONResponse:
+    if isinstance(exc, _Unavailable):
+        return unavailable_response(conn.scope.get("state", {}).get("request_id"))
     error = Unauthorized()
     return JSONResponse(error.envelope(), status_code=error.status_code, headers=error.headers)

@@ -44,6 +44,7 @@ class EmbeddedRunner:
     async def stop(self) -> None:
         """Stop claiming; cancel running jobs, which hand themselves back to the queue."""
         self._stopping = True
+        self.res.stopping = True
         self.wake()
         if self._loop_task is not None:
             # Let the loop finish its current database call (cancelling an aiosqlite call mid-flight leaves

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
     from gateway.jobs.embedded import EmbeddedRunner
 
 RUN_JOB = "run_job"
-_PENDING = {ArqJobStatus.queued, ArqJobStatus.deferred, ArqJobStatus.in_progress}
+# Only an entry still waiting to be picked up counts: one "in progress" for a job that no run holds in the database
+# belongs to a worker that died (arq keeps it in progress until its own timeout, about an hour).
+_WAITING = {ArqJobStatus.queued, ArqJobStatus.deferred}
 
 
 def queue_ref(job_id: str, generation: int) -> str:
@@ -31,8 +33,8 @@ class JobQueue(abc.ABC):
     async def enqueue(self, job_id: str, ref: str) -> None: ...
 
     @abc.abstractmethod
-    async def is_pending(self, ref: str) -> bool:
-        """Whether the queue still holds the entry ``ref`` (queued, deferred or in progress)."""
+    async def is_waiting(self, ref: str) -> bool:
+        """Whether the entry ``ref`` is still waiting in the queue for a worker (queued or deferred)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:
@@ -48,7 +50,7 @@ class EmbeddedQueue(JobQueue):
     async def enqueue(self, job_id: str, ref: str) -> None:
         self.runner.wake()
 
-    async def is_pending(self, ref: str) -> bool:
+    async def is_waiting(self, ref: str) -> bool:
         return True  # the runner polls the database itself
 
     async def ping(self) -> None:
@@ -64,9 +66,9 @@ class ArqQueue(JobQueue):
     async def enqueue(self, job_id: str, ref: str) -> None:
         await self.redis.enqueue_job(RUN_JOB, job_id, _job_id=ref, _queue_name=self.queue_name)
 
-    async def is_pending(self, ref: str) -> bool:
+    async def is_waiting(self, ref: str) -> bool:
         status = await ArqJob(ref, self.redis, _queue_name=self.queue_name).status()
-        return status in _PENDING
+        return status in _WAITING
 
     async def ping(self) -> None:
         await self.redis.ping()

@@ -12,7 +12,6 @@ import structlog
 
 from gateway.db.engine import transaction
 from gateway.jobs import repository
-from gateway.jobs.models import Job, JobStatus
 from gateway.jobs.queue import queue_ref
 
 if TYPE_CHECKING:
@@ -39,11 +38,9 @@ async def reconcile(res: Resources) -> list[str]:
         )
     requeued = []
     for job in candidates:
-        # A run whose lease expired still "holds" its queue entry (a dead worker's entry stays in progress until
-        # the queue's own timeout): the first pass after the expiry enqueues anew; later passes only repair a
-        # lost entry, like for queued jobs.
-        lease_expired = job.status == JobStatus.running.value and not _enqueued_since_expiry(job)
-        if not lease_expired and job.queue_ref and await res.queue.is_pending(job.queue_ref):
+        # Queued, or running under a dead run's lease, and not enqueued within the grace period: unless an entry
+        # is still waiting in the queue, the job needs a new one.
+        if job.queue_ref and await res.queue.is_waiting(job.queue_ref):
             continue
         generation = int(job.queue_ref.rsplit(":", 1)[1]) + 1 if job.queue_ref else 0
         ref = queue_ref(job.id, generation)
@@ -51,9 +48,5 @@ async def reconcile(res: Resources) -> list[str]:
             await repository.set_queue_ref(session, job.id, ref)
         await res.queue.enqueue(job.id, ref)
         requeued.append(job.id)
-        log.info("job.requeued", job_id=job.id, ref=ref, reason="lease expired" if lease_expired else "entry lost")
+        log.info("job.requeued", job_id=job.id, ref=ref, status=job.status)
     return requeued
-
-
-def _enqueued_since_expiry(job: Job) -> bool:
-    return job.enqueued_at is not None and job.lease_expires_at is not None and job.enqueued_at > job.lease_expires_at

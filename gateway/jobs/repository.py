@@ -7,7 +7,7 @@ the embedded SQLite database lives on one host, whose clock it uses.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import and_, func, or_, update
@@ -27,6 +27,14 @@ def db_now(session: AsyncSession) -> Any:
     assert session.bind is not None
     if session.bind.dialect.name == "postgresql":
         return func.now()  # typed DateTime, so that "now() + interval" binds the timedelta as an interval
+    return utcnow()
+
+
+async def db_time(session: AsyncSession) -> datetime:
+    """The current time as a value, from the same clock as ``db_now``."""
+    if session.bind is not None and session.bind.dialect.name == "postgresql":
+        value: datetime = (await session.execute(select(func.now()))).scalar_one()
+        return value.astimezone(UTC)
     return utcnow()
 
 
@@ -131,9 +139,28 @@ async def finish(
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
+async def release(session: AsyncSession, job_id: str, lease_token: str) -> bool:
+    """Hand a running job back to the queue (graceful shutdown): the interrupted run is not counted."""
+    result = await session.execute(
+        update(Job)
+        .where(_held(job_id, lease_token))
+        .values(
+            status=_QUEUED,
+            lease_owner=None,
+            lease_token=None,
+            lease_expires_at=None,
+            progress=0.0,
+            backend=None,
+            started_at=None,
+            attempts=col(Job.attempts) - 1,
+        )
+    )
+    return result.rowcount == 1  # type: ignore[attr-defined]
+
+
 async def expire_lease(session: AsyncSession, job_id: str, lease_token: str) -> bool:
-    """Give up a run that was interrupted (shutdown, timeout of the queue): the job is claimable again at once,
-    and the run counts as an attempt, so that a job that always gets interrupted ends as ``worker_lost``."""
+    """Give up a run that was interrupted other than by a shutdown (the queue's time limit): the job is claimable
+    again at once, and the run counts as an attempt, so that a job that always hangs ends as ``worker_lost``."""
     result = await session.execute(
         update(Job).where(_held(job_id, lease_token)).values(lease_expires_at=db_now(session) - timedelta(seconds=1))
     )

@@ -79,11 +79,16 @@ async def run_job(res: Resources, job_id: str) -> str:
             log.info("job.abandoned", reason="cancelled or taken over")
             return "abandoned"
         except asyncio.CancelledError:
-            # Interrupted (shutdown, or the queue's own time limit): make the job claimable again at once.
+            # A graceful shutdown hands the job back without counting the run; any other interruption (the
+            # queue's own time limit) counts as an attempt, so that a job that always hangs ends as worker_lost.
+            # Either way the job is claimable again at once.
             with suppress(Exception):
                 async with transaction(res.sessionmaker) as session:
-                    await repository.expire_lease(session, job_id, lease)
-            log.info("job.interrupted")
+                    if res.stopping:
+                        await repository.release(session, job_id, lease)
+                    else:
+                        await repository.expire_lease(session, job_id, lease)
+            log.info("job.interrupted", shutdown=res.stopping)
             raise
         log.info("job.finished", outcome=outcome)
         return outcome
@@ -96,9 +101,12 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
     async with transaction(res.sessionmaker) as session:
         await repository.set_backend(session, job.id, lease, adapter.name)
     progress = _Progress()
+    deadline = time.monotonic() + res.settings.job_timeout_seconds  # one budget for generating and storing
     try:
-        images = await _with_heartbeat(res, job.id, lease, progress, adapter.generate(_request_of(job), progress))
-        assets = await _with_heartbeat(res, job.id, lease, progress, _store(res, job, images))
+        images = await _with_heartbeat(
+            res, job.id, lease, progress, deadline, adapter.generate(_request_of(job), progress)
+        )
+        assets = await _with_heartbeat(res, job.id, lease, progress, deadline, _store(res, job, images))
     except BackendError as exc:
         return await _fail(res, job.id, lease, exc.code, exc.message)
     except (_LeaseLost, asyncio.CancelledError):
@@ -123,7 +131,9 @@ class _Progress:
         self.value = max(0.0, min(1.0, value))
 
 
-async def _with_heartbeat(res: Resources, job_id: str, lease: str, progress: _Progress, work: Awaitable[T]) -> T:
+async def _with_heartbeat(
+    res: Resources, job_id: str, lease: str, progress: _Progress, deadline: float, work: Awaitable[T]
+) -> T:
     """Await ``work`` while renewing the lease. A cancel or takeover (the renewal finds the lease gone)
     cancels ``work``, which interrupts the generation on its backend. A database hiccup during a renewal
     is tolerated until the lease is nearly out; then the run is abandoned (not failed: it runs again)."""
@@ -132,16 +142,16 @@ async def _with_heartbeat(res: Resources, job_id: str, lease: str, progress: _Pr
     interval = min(1.0, ttl / 3)
     task = asyncio.ensure_future(work)
     last_renewal = time.monotonic()
-    deadline = last_renewal + settings.job_timeout_seconds
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=interval)
             if done:
                 return task.result()
             if time.monotonic() > deadline:
-                raise BackendError(f"The generation took longer than {settings.job_timeout_seconds} s.", code="timeout")
+                raise BackendError(f"The job took longer than {settings.job_timeout_seconds} s.", code="timeout")
             try:
-                async with transaction(res.sessionmaker) as session:
+                # Bounded: a stalled database must not keep us from noticing the deadline or a cancel.
+                async with asyncio.timeout(ttl / 2), transaction(res.sessionmaker) as session:
                     held = await repository.heartbeat(
                         session, job_id, lease, ttl=ttl, progress=min(progress.value, 0.99)
                     )

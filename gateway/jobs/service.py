@@ -13,7 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.assets import repository as asset_repository
 from gateway.assets.models import Asset
 from gateway.common.ids import is_id
-from gateway.common.time import utcnow
 from gateway.errors import Conflict, NotFound
 from gateway.jobs import repository
 from gateway.jobs.models import Job, JobStatus
@@ -36,7 +35,7 @@ async def create_job(
         existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
-    now = utcnow()
+    now = await repository.db_time(session)  # the clock the reconciler compares enqueued_at with
     job = Job(
         system_id=principal.system_id,
         prompt=body.prompt,

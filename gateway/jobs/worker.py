@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import suppress
+from signal import Signals
 from typing import Any
 
 import structlog
@@ -34,6 +35,16 @@ async def run_job_task(ctx: dict[str, Any], job_id: str) -> str:
     return await run_job(ctx["res"], job_id)
 
 
+class _Worker(Worker):
+    """arq's worker, telling run_job that a signal means a shutdown (hand jobs back, uncounted)."""
+
+    def handle_sig(self, signum: Signals) -> None:
+        res = self.ctx.get("res")
+        if res is not None:
+            res.stopping = True
+        super().handle_sig(signum)
+
+
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["res"] = await open_resources(settings, role="worker")
@@ -49,7 +60,7 @@ def build_worker(settings: Settings, *, burst: bool = False, handle_signals: boo
         if "res" in ctx:
             await close_resources(ctx["res"])
 
-    return Worker(
+    return _Worker(
         functions=[func(run_job_task, name=RUN_JOB, max_tries=settings.job_max_attempts + 2)],
         on_startup=on_startup,
         on_shutdown=on_shutdown,

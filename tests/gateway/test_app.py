@@ -124,7 +124,7 @@ async def test_readyz_answers_at_once_while_a_writer_holds_the_sqlite_lock(embed
     assert ready.status_code == 200
 
 
-async def test_unavailable_database_is_503_with_retry_after(embedded: Stack) -> None:
+async def test_unavailable_database_in_a_route_is_503_with_retry_after(embedded: Stack) -> None:
     token = await embedded.system()
 
     async def unavailable():  # type: ignore[no-untyped-def]
@@ -132,10 +132,36 @@ async def test_unavailable_database_is_503_with_retry_after(embedded: Stack) -> 
         yield
 
     embedded.app.dependency_overrides[get_read_session] = unavailable
-    transport = httpx.ASGITransport(app=embedded.app, raise_app_exceptions=False)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-        response = await client.get("/v1/jobs", headers=auth(token))
+    response = await embedded.client.get("/v1/jobs", headers={**auth(token), "X-Request-ID": "r-503"})
     embedded.app.dependency_overrides.clear()
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "1"
+    assert response.headers["X-Request-ID"] == "r-503"
     assert response.json()["error"]["code"] == "unavailable"
+
+
+async def test_unavailable_database_while_checking_the_key_is_503_not_401(embedded: Stack) -> None:
+    token = await embedded.system()
+    working = embedded.res.read_sessionmaker
+
+    def refused():  # type: ignore[no-untyped-def]
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    embedded.res.read_sessionmaker = refused  # type: ignore[assignment]
+    try:
+        response = await embedded.client.get("/v1/jobs", headers=auth(token))
+    finally:
+        embedded.res.read_sessionmaker = working
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "unavailable"
+    assert (await embedded.client.get("/v1/jobs", headers=auth(token))).status_code == 200
+
+
+async def test_api_mounted_under_a_root_path_authenticates_v1(embedded: Stack) -> None:
+    token = await embedded.system()
+    transport = httpx.ASGITransport(app=embedded.app, root_path="/api")
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        ok = await client.get("/api/v1/jobs", headers=auth(token))
+        anonymous = await client.get("/api/v1/jobs")
+        health = await client.get("/api/healthz")
+    assert (ok.status_code, anonymous.status_code, health.status_code) == (200, 401, 200)

@@ -5,15 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import redis.asyncio as aioredis
-from sqlalchemy import text
+from sqlalchemy import text, update
+from sqlmodel import col
 
+from gateway.common.time import utcnow
+from gateway.db.engine import transaction
 from gateway.jobs.models import Job, JobStatus
-from tests.conftest import auth, start_stack
+from gateway.jobs.reconcile import reconcile
+from tests.conftest import auth, running_worker, start_stack
 from tests.processes import Process, add_system, env_for, free_port, start_server
 from tests.services import REDIS_URL
 
@@ -121,16 +127,8 @@ async def test_job_whose_queue_entry_was_lost_is_requeued_by_the_reconciler(tmp_
         finally:
             await client.aclose()
 
-        from gateway.jobs.worker import build_worker
-
-        worker = build_worker(stack.res.settings, handle_signals=False)
-        task = asyncio.create_task(worker.async_run())
-        try:
+        async with running_worker(stack.res.settings):
             done = await stack.wait(token, job["id"], timeout=30)
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            await worker.close()
         assert done["status"] == "succeeded"
         assert done["attempts"] == 1
         async with stack.res.sessionmaker() as session:
@@ -139,22 +137,12 @@ async def test_job_whose_queue_entry_was_lost_is_requeued_by_the_reconciler(tmp_
 
 
 async def test_two_workers_sharing_a_queue_complete_every_job_exactly_once(tmp_path: Path, pg_database: str) -> None:
-    from gateway.jobs.worker import build_worker
-
     async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
         token = await stack.system()
         # 0.5 s each: one worker (4 at a time) cannot take them all before the other starts polling.
         ids = [(await stack.submit(token, prompt=f"tile {i}", steps=25, n=2))["id"] for i in range(16)]
-        workers = [build_worker(stack.res.settings, handle_signals=False) for _ in range(2)]
-        tasks = [asyncio.create_task(w.async_run()) for w in workers]
-        try:
+        async with running_worker(stack.res.settings), running_worker(stack.res.settings):
             jobs = [await stack.wait(token, job_id, timeout=60) for job_id in ids]
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for worker in workers:
-                await worker.close()
         assert {j["status"] for j in jobs} == {"succeeded"}
         assert {j["attempts"] for j in jobs} == {1}
         assert all(len(j["assets"]) == 2 for j in jobs)
@@ -163,36 +151,35 @@ async def test_two_workers_sharing_a_queue_complete_every_job_exactly_once(tmp_p
         assert len(owners) == 2  # both workers ran jobs
 
 
-async def test_reconciler_enqueues_a_dead_runs_job_once_not_on_every_pass(tmp_path: Path, pg_database: str) -> None:
-    from datetime import timedelta
-
-    from sqlalchemy import update
-
-    from gateway.common.time import utcnow
-    from gateway.db.engine import transaction
-    from gateway.jobs.reconcile import reconcile
-
+@pytest.mark.parametrize("state", ["died_while_running", "died_before_claiming"])
+async def test_job_of_a_worker_that_died_is_enqueued_again_once(tmp_path: Path, pg_database: str, state: str) -> None:
+    """The dead worker's queue entry stays "in progress" in arq for about an hour: the reconciler must not take
+    that for a live entry, and must not pile up new entries on every pass either."""
     async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
         token = await stack.system()
         job = await stack.submit(token)
-        async with transaction(stack.res.sessionmaker) as session:  # a worker took it, then died
-            await session.execute(
-                update(Job)
-                .where(Job.id == job["id"])  # type: ignore[arg-type]
-                .values(
-                    status="running",
-                    attempts=1,
-                    lease_token="dead",
-                    lease_expires_at=utcnow() - timedelta(seconds=5),
-                    enqueued_at=utcnow() - timedelta(seconds=60),
-                )
-            )
+        queue, entry = stack.res.settings.queue_name, f"{job['id']}:0"
+        client = aioredis.from_url(REDIS_URL)
+        try:  # what arq does when a worker takes the entry: off the queue, marked in progress
+            assert await client.zrem(queue, entry) == 1
+            await client.set(f"arq:in-progress:{entry}", b"1", px=3_600_000)
+        finally:
+            await client.aclose()
+        async with transaction(stack.res.sessionmaker) as session:
+            values: dict[str, Any] = {"enqueued_at": utcnow() - timedelta(seconds=60)}
+            if state == "died_while_running":
+                values |= {
+                    "status": "running",
+                    "attempts": 1,
+                    "lease_token": "dead",
+                    "lease_expires_at": utcnow() - timedelta(seconds=5),
+                }
+            await session.execute(update(Job).where(col(Job.id) == job["id"]).values(**values))
+
         assert await reconcile(stack.res) == [job["id"]]
         assert await reconcile(stack.res) == []  # just enqueued
         await asyncio.sleep(stack.res.settings.reconcile_grace_seconds + 0.2)
-        assert await reconcile(stack.res) == []  # its new entry is still pending in Redis: nothing to repair
-        client = aioredis.from_url(REDIS_URL)
-        try:
-            assert await client.zcard(stack.res.settings.queue_name) == 2  # the first entry and the new one
-        finally:
-            await client.aclose()
+        assert await reconcile(stack.res) == []  # its new entry is waiting in the queue: nothing to repair
+        async with running_worker(stack.res.settings):
+            done = await stack.wait(token, job["id"], timeout=30)
+        assert done["status"] == "succeeded"

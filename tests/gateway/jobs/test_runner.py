@@ -128,7 +128,7 @@ async def test_generation_longer_than_the_job_timeout_fails_with_timeout(res: Re
     assert (job.status, job.error_code, assets) == (JobStatus.failed, "timeout", 0)
 
 
-async def test_interrupted_run_leaves_the_job_claimable_at_once_and_counts_the_attempt(res: Resources) -> None:
+async def test_run_interrupted_by_a_time_limit_is_claimable_at_once_and_counts_as_an_attempt(res: Resources) -> None:
     job_id = await _queued_job(res, steps=100)
     run = asyncio.create_task(run_job(res, job_id))
     await asyncio.sleep(0.3)
@@ -138,3 +138,19 @@ async def test_interrupted_run_leaves_the_job_claimable_at_once_and_counts_the_a
     assert await run_job(res, job_id) == "succeeded"  # no waiting for the lease to run out
     job, assets = await _job_and_asset_count(res, job_id)
     assert (job.status, job.attempts, assets) == (JobStatus.succeeded, 2, 2)
+
+
+async def test_run_interrupted_by_a_graceful_shutdown_goes_back_to_the_queue_uncounted(res: Resources) -> None:
+    job_id = await _queued_job(res, steps=100)
+    run = asyncio.create_task(run_job(res, job_id))
+    await asyncio.sleep(0.3)
+    res.stopping = True  # what a SIGTERM (arq) or the server's shutdown (embedded runner) sets
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    job, _ = await _job_and_asset_count(res, job_id)
+    assert (job.status, job.attempts, job.lease_token) == (JobStatus.queued, 0, None)
+    res.stopping = False
+    assert await run_job(res, job_id) == "succeeded"
+    job, assets = await _job_and_asset_count(res, job_id)
+    assert (job.attempts, assets) == (1, 2)
