@@ -183,3 +183,43 @@ async def test_job_of_a_worker_that_died_is_enqueued_again_once(tmp_path: Path, 
         async with running_worker(stack.res.settings):
             done = await stack.wait(token, job["id"], timeout=30)
         assert done["status"] == "succeeded"
+
+
+async def test_sigterm_to_a_worker_hands_its_running_job_back_uncounted(tmp_path: Path, pg_database: str) -> None:
+    async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False):
+        settings = stack.res.settings
+        env = env_for(tmp_path, database_url=pg_database, redis_url=settings.redis_url, queue_name=settings.queue_name)
+        token = await stack.system()
+        worker = Process(env, ["worker"], tmp_path / "worker.log")
+        try:
+            job = await stack.submit(token, steps=150)
+            await stack.wait(token, job["id"], until=lambda j: j["status"] == "running" and j["progress"] > 0)
+        finally:
+            worker.stop()  # SIGTERM
+        assert worker.proc.returncode == 0
+        handed_back = (await stack.client.get(f"/v1/jobs/{job['id']}", headers=auth(token))).json()
+        assert (handed_back["status"], handed_back["attempts"]) == ("queued", 0)
+        async with running_worker(settings):
+            done = await stack.wait(token, job["id"], timeout=30)
+        assert (done["status"], done["attempts"]) == ("succeeded", 1)
+
+
+def test_stopping_the_embedded_server_hands_its_running_jobs_back_uncounted(tmp_path: Path) -> None:
+    env = env_for(tmp_path, embedded_concurrency=1)
+    token = add_system(env, "crm")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(env, port, tmp_path / "first.log")
+    try:
+        job = httpx.post(
+            f"{base}/v1/jobs", json={"prompt": "p", "width": 64, "height": 64, "steps": 150}, headers=auth(token)
+        ).json()
+        _poll(f"{base}/v1/jobs/{job['id']}", token, lambda j: j["status"] == "running")
+    finally:
+        server.stop()  # SIGTERM
+    server = start_server(env, port, tmp_path / "second.log")
+    try:
+        done = _poll(f"{base}/v1/jobs/{job['id']}", token, lambda j: j["status"] == "succeeded")
+    finally:
+        server.stop()
+    assert done["attempts"] == 1
