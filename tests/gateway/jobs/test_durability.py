@@ -44,12 +44,16 @@ def _completions(*processes: Process) -> Counter[str]:
     )
 
 
-def test_jobs_accepted_before_kill_9_of_the_embedded_server_run_once_after_restart(tmp_path: Path) -> None:
-    env = env_for(tmp_path, embedded_concurrency=2)
+def _embedded_server(tmp_path: Path, concurrency: int) -> tuple[dict[str, str], str, int, str, Process]:
+    """Env, a crm key, port, base URL and a started embedded server."""
+    env = env_for(tmp_path, embedded_concurrency=concurrency)
     token = add_system(env, "crm")
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    first = start_server(env, port, tmp_path / "first.log")
+    return env, token, port, f"http://127.0.0.1:{port}", start_server(env, port, tmp_path / "first.log")
+
+
+def test_jobs_accepted_before_kill_9_of_the_embedded_server_run_once_after_restart(tmp_path: Path) -> None:
+    env, token, port, base, first = _embedded_server(tmp_path, concurrency=2)
     try:
         ids = []
         for i in range(4):
@@ -205,11 +209,7 @@ async def test_sigterm_to_a_worker_hands_its_running_job_back_uncounted(tmp_path
 
 
 def test_stopping_the_embedded_server_hands_its_running_jobs_back_uncounted(tmp_path: Path) -> None:
-    env = env_for(tmp_path, embedded_concurrency=1)
-    token = add_system(env, "crm")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = start_server(env, port, tmp_path / "first.log")
+    env, token, port, base, server = _embedded_server(tmp_path, concurrency=1)
     try:
         job = httpx.post(
             f"{base}/v1/jobs", json={"prompt": "p", "width": 64, "height": 64, "steps": 150}, headers=auth(token)
