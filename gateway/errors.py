@@ -71,11 +71,6 @@ class ValidationFailed(ImagegateError):
     code = "validation_error"
 
 
-class ServiceUnavailable(ImagegateError):
-    status_code = 503
-    code = "unavailable"
-
-
 # Exceptions meaning the database is down, saturated (pool timeout) or locked: answered 503, not 500.
 DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
     sqlalchemy.exc.TimeoutError,

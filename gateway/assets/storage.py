@@ -58,6 +58,3 @@ class LocalAssetStore:
 
     async def put(self, data: bytes, fmt: str) -> StoredObject:
         return await asyncio.to_thread(self._put, data, fmt)
-
-    def exists(self, sha256: str, fmt: str) -> bool:
-        return self.path_for(sha256, fmt).is_file()

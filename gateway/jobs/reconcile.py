@@ -21,8 +21,14 @@ log = structlog.get_logger("gateway.reconciler")
 
 
 async def fail_exhausted(res: Resources) -> list[str]:
+    """Called on every poll: looks with a read-only session, and writes (takes SQLite's lock) only when needed."""
+    max_attempts = res.settings.job_max_attempts
+    async with res.read_sessionmaker() as session:
+        failed = await repository.exhausted_ids(session, max_attempts=max_attempts)
+    if not failed:
+        return []
     async with transaction(res.sessionmaker) as session:
-        failed = await repository.fail_exhausted(session, max_attempts=res.settings.job_max_attempts)
+        failed = await repository.fail_exhausted(session, failed, max_attempts=max_attempts)
     for job_id in failed:
         log.warning("job.failed", job_id=job_id, code="worker_lost")
     return failed

@@ -186,29 +186,36 @@ async def claimable_ids(
     return list(result.scalars())
 
 
-async def fail_exhausted(session: AsyncSession, *, max_attempts: int) -> list[str]:
-    """Jobs whose worker died on every allowed attempt: fail them rather than retry forever."""
-    now = db_now(session)
-    stale = and_(
+def _exhausted(now: Any, max_attempts: int) -> ColumnElement[bool]:
+    """Running under an expired lease with no attempt left: its worker died on every allowed attempt."""
+    return and_(
         col(Job.status) == _RUNNING,
         col(Job.lease_expires_at) < now,
         col(Job.attempts) >= max_attempts,
     )
-    ids = list((await session.execute(select(Job.id).where(stale))).scalars())
-    if ids:
-        await session.execute(
-            update(Job)
-            .where(col(Job.id).in_(ids), stale)
-            .values(
-                status=JobStatus.failed.value,
-                finished_at=now,
-                lease_token=None,
-                lease_expires_at=None,
-                error_code="worker_lost",
-                error_message=f"The job's run was interrupted on each of {max_attempts} attempts.",
-            )
+
+
+async def exhausted_ids(session: AsyncSession, *, max_attempts: int) -> list[str]:
+    return list((await session.execute(select(Job.id).where(_exhausted(db_now(session), max_attempts)))).scalars())
+
+
+async def fail_exhausted(session: AsyncSession, job_ids: Sequence[str], *, max_attempts: int) -> list[str]:
+    """Fail these jobs as ``worker_lost`` rather than retry them forever (re-checked: one may have moved on)."""
+    now = db_now(session)
+    result = await session.execute(
+        update(Job)
+        .where(col(Job.id).in_(list(job_ids)), _exhausted(now, max_attempts))
+        .values(
+            status=JobStatus.failed.value,
+            finished_at=now,
+            lease_token=None,
+            lease_expires_at=None,
+            error_code="worker_lost",
+            error_message=f"The job's run was interrupted on each of {max_attempts} attempts.",
         )
-    return ids
+        .returning(col(Job.id))
+    )
+    return list(result.scalars())
 
 
 async def lost_candidates(session: AsyncSession, *, grace: float, max_attempts: int) -> Sequence[Job]:
