@@ -33,8 +33,12 @@ class Settings(BaseSettings):
     )
 
     queue_name: str = "imagegate:queue"
-    embedded_concurrency: int = Field(default=2, ge=1, le=64, description="Jobs the embedded runner runs at once.")
-    worker_concurrency: int = Field(default=4, ge=1, le=256, description="Jobs one arq worker runs at once.")
+    embedded_concurrency: int = Field(
+        default=8, ge=1, le=256, description="Jobs the embedded runner takes at once (they wait for backend slots)."
+    )
+    worker_concurrency: int = Field(
+        default=16, ge=1, le=256, description="Jobs one arq worker takes at once (they wait for backend slots)."
+    )
     job_lease_seconds: float = Field(default=30.0, gt=0)
     job_max_attempts: int = Field(default=3, ge=1)
     job_timeout_seconds: int = Field(default=3600, ge=1)
@@ -42,8 +46,22 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(default=10.0, ge=0)
     poll_seconds: float = Field(default=0.5, gt=0, description="How often idle runners look for work.")
 
+    preview_backend: bool = Field(default=True, description="Offer the built-in preview renderer as a backend.")
     preview_step_ms: float = Field(default=0.0, ge=0, description="Simulated GPU time per step of the preview backend.")
     preview_models: str = "*"
+    preview_slots: int = Field(default=2, ge=1, le=64)
+
+    scheduler: Literal["eft", "round_robin"] = Field(
+        default="eft", description="eft: earliest expected finish time; round_robin: a baseline for benchmarks."
+    )
+    backend_refresh_seconds: float = Field(default=5.0, gt=0, description="How often the backends table is re-read.")
+    backend_probe_seconds: float = Field(default=10.0, gt=0, description="How often each backend is probed.")
+    backend_failure_threshold: int = Field(default=3, ge=1, description="Consecutive failures that open a circuit.")
+    backend_cooldown_seconds: float = Field(default=30.0, gt=0, description="How long an open circuit stays open.")
+    backend_max_tries: int = Field(default=3, ge=1, description="Backends one run of a job may try.")
+    backend_wait_seconds: float = Field(default=300.0, gt=0, description="Longest wait for a healthy backend.")
+    backend_switch_seconds: float = Field(default=10.0, ge=0, description="Expected cost of a checkpoint switch.")
+    scheduler_poll_seconds: float = Field(default=0.1, gt=0, description="How often a waiting job re-checks slots.")
 
     log_level: str = "INFO"
     log_format: Literal["json", "console"] = "json"

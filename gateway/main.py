@@ -13,6 +13,7 @@ from gateway import handlers
 from gateway.assets.endpoints import router as assets_router
 from gateway.auth.backend import ApiKeyBackend, unauthorized
 from gateway.auth.dependencies import authenticated
+from gateway.backends.endpoints import router as backends_router
 from gateway.config import Settings, get_settings
 from gateway.db.migrate import is_current, prepare_embedded
 from gateway.errors import error_responses
@@ -71,5 +72,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     v1.include_router(jobs_router)
     v1.include_router(assets_router)
+    v1.include_router(backends_router)
     app.include_router(v1)
     return app

@@ -14,8 +14,11 @@ from redis.asyncio import ConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.assets.storage import LocalAssetStore
+from gateway.backends.base import BackendSpec
+from gateway.backends.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.backends.pool import BackendPool
-from gateway.backends.preview import PreviewAdapter
+from gateway.backends.preview import preview_spec
+from gateway.backends.scheduler import Scheduler
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.jobs.embedded import EmbeddedRunner
@@ -32,6 +35,8 @@ class Resources:
     pool: BackendPool
     worker_id: str
     queue: JobQueue = field(init=False)
+    ledger: Ledger = field(init=False)
+    scheduler: Scheduler = field(init=False)
     runner: EmbeddedRunner | None = None
     redis: ArqRedis | None = None
     stopping: bool = False  # set on a graceful shutdown: interrupted runs go back to the queue uncounted
@@ -46,13 +51,14 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
     """Open what this process needs. In embedded mode the API process also runs jobs (the runner is started
     by the caller once the app is ready)."""
     engine = create_engine(settings.database_url)
+    sessionmaker = create_sessionmaker(engine)
     res = Resources(
         settings=settings,
         engine=engine,
-        sessionmaker=create_sessionmaker(engine),
+        sessionmaker=sessionmaker,
         read_sessionmaker=create_sessionmaker(engine, readonly=True),
         store=LocalAssetStore(settings.asset_dir),
-        pool=BackendPool([PreviewAdapter("preview", step_ms=settings.preview_step_ms, models=settings.preview_models)]),
+        pool=BackendPool(settings, sessionmaker, builtin=_builtin_backends(settings)),
         worker_id=f"{role}:{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}",
     )
     settings.asset_dir.mkdir(parents=True, exist_ok=True)
@@ -64,10 +70,22 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
             default_queue_name=settings.queue_name,
         )
         res.queue = ArqQueue(res.redis, settings.queue_name)
+        res.ledger = RedisLedger(res.redis, settings.queue_name, poll=settings.scheduler_poll_seconds)
     else:
         res.runner = EmbeddedRunner(res)
         res.queue = EmbeddedQueue(res.runner)
+        res.ledger = MemoryLedger()
+    res.scheduler = Scheduler(res.pool, res.ledger, settings)
+    if role == "worker" or not settings.distributed:  # processes that run jobs keep the pool fresh and probed
+        await res.pool.start()
     return res
+
+
+def _builtin_backends(settings: Settings) -> list[BackendSpec]:
+    if not settings.preview_backend:
+        return []
+    spec = preview_spec(step_ms=settings.preview_step_ms, models=settings.preview_models, slots=settings.preview_slots)
+    return [spec]
 
 
 async def close_resources(res: Resources) -> None:

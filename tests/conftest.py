@@ -43,6 +43,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "poll_seconds": 0.1,
         "reconcile_seconds": 0.3,
         "reconcile_grace_seconds": 1.0,
+        "backend_refresh_seconds": 0.2,
         "log_level": "WARNING",
     }
     values.update(overrides)
@@ -60,7 +61,7 @@ def pg_database() -> Any:
 
 async def _truncate(res: Resources) -> None:
     async with transaction(res.sessionmaker) as session:
-        await session.execute(text("TRUNCATE assets, jobs, tokens, systems CASCADE"))
+        await session.execute(text("TRUNCATE assets, jobs, tokens, systems, backends, backend_speeds CASCADE"))
 
 
 @dataclass
@@ -118,6 +119,10 @@ async def running_worker(settings: Settings) -> AsyncIterator[Any]:
     worker = build_worker(settings, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     try:
+        deadline = time.monotonic() + 10
+        while "res" not in worker.ctx and not task.done():  # started: its resources are open
+            assert time.monotonic() < deadline, "the worker did not start"
+            await asyncio.sleep(0.01)
         yield worker
     finally:
         worker.handle_sig(signal.SIGTERM)  # marks the shutdown and cancels running jobs

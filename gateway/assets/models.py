@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, ForeignKey, String
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, String, Text
 from sqlmodel import Field, SQLModel
 
 from gateway.common.ids import new_id
@@ -27,4 +27,6 @@ class Asset(SQLModel, table=True):
     format: str = Field(max_length=8)
     content_type: str = Field(max_length=32)
     seed: int = Field(sa_column=Column(BigInteger, nullable=False))
+    caption: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # from a vision backend
+    tags: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))

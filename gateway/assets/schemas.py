@@ -16,6 +16,8 @@ class AssetRead(BaseModel):
     sha256: str
     bytes: int
     seed: int
+    caption: str | None = None
+    tags: list[str] | None = None
 
     @classmethod
     def of(cls, asset: Asset, base_url: str) -> AssetRead:
@@ -28,4 +30,6 @@ class AssetRead(BaseModel):
             sha256=asset.sha256,
             bytes=asset.bytes,
             seed=asset.seed,
+            caption=asset.caption,
+            tags=asset.tags,
         )

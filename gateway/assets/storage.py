@@ -58,3 +58,7 @@ class LocalAssetStore:
 
     async def put(self, data: bytes, fmt: str) -> StoredObject:
         return await asyncio.to_thread(self._put, data, fmt)
+
+    async def read(self, sha256: str, fmt: str) -> bytes:
+        """The stored bytes (FileNotFoundError if they are gone)."""
+        return await asyncio.to_thread(self.path_for(sha256, fmt).read_bytes)

@@ -15,9 +15,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import httpx
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from gateway.backends.base import Adapter, GeneratedImage, GenerationRequest, ProgressCallback
+from gateway.backends.base import (
+    Adapter,
+    BackendSpec,
+    GeneratedImage,
+    GenerationRequest,
+    ProbeResult,
+    ProgressCallback,
+)
 
 # Fonts with CJK glyphs, used when installed (e.g. Debian fonts-wqy-zenhei / fonts-noto-cjk); else Pillow's own font.
 _CJK_FONTS = (
@@ -137,17 +145,19 @@ def render(request: GenerationRequest, index: int) -> GeneratedImage:
 
 
 class PreviewAdapter(Adapter):
-    """The built-in renderer. ``step_ms`` simulates GPU time per step so that progress and cancel can be seen."""
+    """The built-in renderer (no server). ``options["step_ms"]`` simulates GPU time per step so that progress,
+    cancel and scheduling can be seen."""
 
     kind = "preview"
+    default_slots = 2
+    local = True
 
-    def __init__(self, name: str = "preview", *, step_ms: float = 0.0, models: str = "*") -> None:
-        super().__init__(name)
-        self.step_ms = step_ms
-        self.models = {m.strip() for m in models.split(",") if m.strip()}
+    def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(spec, client)
+        self.step_ms = float(spec.options.get("step_ms", 0.0))
 
-    def serves(self, model: str | None) -> bool:
-        return model is None or "*" in self.models or model in self.models
+    async def probe(self) -> ProbeResult:
+        return ProbeResult(models=None, loaded_model=None)
 
     async def generate(self, request: GenerationRequest, progress: ProgressCallback) -> list[GeneratedImage]:
         total = request.steps * request.n
@@ -161,3 +171,18 @@ class PreviewAdapter(Adapter):
             images.append(await asyncio.to_thread(render, request, index))
         await progress(1.0)
         return images
+
+
+def preview_spec(*, step_ms: float = 0.0, models: str = "*", slots: int = 2) -> BackendSpec:
+    """The spec of the built-in preview backend (``models`` "*": any model)."""
+    names = tuple(m.strip() for m in models.split(",") if m.strip() and m.strip() != "*")
+    if "*" in {m.strip() for m in models.split(",")}:
+        names = ()
+    return BackendSpec(
+        name="preview",
+        kind="preview",
+        url="http://preview.invalid",
+        slots=slots,
+        models=names,
+        options={"step_ms": step_ms},
+    )

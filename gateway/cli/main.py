@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.cli.backends import app as backends_app
+from gateway.cli.emulate import emulate
 from gateway.config import Settings, get_settings
 from gateway.db.engine import create_engine, create_sessionmaker, transaction
 from gateway.db.migrate import prepare_embedded, upgrade
@@ -25,17 +27,23 @@ systems_app = typer.Typer(help="Calling systems (crm, oa, design, ...).", no_arg
 tokens_app = typer.Typer(help="API keys of systems.", no_args_is_help=True)
 app.add_typer(systems_app, name="systems")
 app.add_typer(tokens_app, name="tokens")
+app.add_typer(backends_app, name="backends")
 
 err = Console(stderr=True)
 T = TypeVar("T")
 
 
 @app.callback()
-def _main() -> None:
-    """Every command first brings an embedded SQLite database up to date."""
+def _main(ctx: typer.Context) -> None:
+    """Every command that uses the database first brings an embedded SQLite database up to date."""
     settings = get_settings()
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(prepare_embedded(settings))
+    if ctx.invoked_subcommand not in _NO_DATABASE:
+        asyncio.run(prepare_embedded(settings))
+
+
+_NO_DATABASE = {"emulate"}
+app.command()(emulate)
 
 
 def _with_session(work: Callable[[Any], Awaitable[T]]) -> T:

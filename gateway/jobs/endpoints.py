@@ -44,7 +44,9 @@ async def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a generation job; it runs asynchronously (poll it, or wait for its callback)."""
-    job, created = await service.create_job(session, principal=principal, body=body, idempotency_key=idempotency_key)
+    job, created = await service.create_job(
+        session, principal=principal, body=body, idempotency_key=idempotency_key, store=res.store
+    )
     await session.commit()
     if created:
         try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Column, Float, ForeignKey, Index, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from gateway.common.ids import new_id
@@ -52,6 +52,14 @@ class Job(SQLModel, table=True):
     n: int
     model: str | None = Field(default=None, max_length=200)
     output_format: str = Field(max_length=8)
+    sampler: str | None = Field(default=None, max_length=100)
+    scheduler: str | None = Field(default=None, max_length=100)
+    denoising_strength: float | None = Field(default=None)
+    init_image_sha256: str | None = Field(default=None, max_length=64)  # image-to-image input, in the asset store
+    mask_sha256: str | None = Field(default=None, max_length=64)
+    describe: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
+    oom_fallback: bool = Field(default=False, sa_column=Column(Boolean, nullable=False, default=False))
+    notes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
 
     backend: str | None = Field(default=None, max_length=100)
     error_code: str | None = Field(default=None, max_length=64)

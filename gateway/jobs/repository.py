@@ -123,6 +123,7 @@ async def finish(
     status: JobStatus,
     error_code: str | None = None,
     error_message: str | None = None,
+    notes: list[str] | None = None,
 ) -> bool:
     """Move a running job to a terminal state, only if this run still holds it."""
     values: dict[str, Any] = {
@@ -135,6 +136,8 @@ async def finish(
     }
     if status is JobStatus.succeeded:
         values["progress"] = 1.0
+    if notes:
+        values["notes"] = notes
     result = await session.execute(update(Job).where(_held(job_id, lease_token)).values(**values))
     return result.rowcount == 1  # type: ignore[attr-defined]
 

@@ -19,7 +19,11 @@ import structlog
 from gateway.assets.convert import convert
 from gateway.assets.models import Asset
 from gateway.assets.storage import CONTENT_TYPES
-from gateway.backends.base import BackendError, GeneratedImage, GenerationRequest
+from gateway.backends import generation
+from gateway.backends import repository as backends_repository
+from gateway.backends.base import BackendError, GenerationRequest
+from gateway.backends.describe import Caption, describe_images
+from gateway.backends.generation import Generated
 from gateway.db.engine import transaction
 from gateway.jobs import repository
 from gateway.jobs.models import Job, JobStatus
@@ -37,7 +41,9 @@ class _LeaseLost(Exception):
     """The job was cancelled or taken over while this run was working on it."""
 
 
-def _request_of(job: Job) -> GenerationRequest:
+async def _request_of(res: Resources, job: Job) -> GenerationRequest:
+    init_image = await res.store.read(job.init_image_sha256, "png") if job.init_image_sha256 else None
+    mask = await res.store.read(job.mask_sha256, "png") if job.mask_sha256 else None
     return GenerationRequest(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
@@ -49,6 +55,11 @@ def _request_of(job: Job) -> GenerationRequest:
         n=job.n,
         model=job.model,
         output_format=job.output_format,
+        sampler=job.sampler,
+        scheduler=job.scheduler,
+        init_image=init_image,
+        mask=mask,
+        denoising_strength=job.denoising_strength,
     )
 
 
@@ -95,27 +106,49 @@ async def run_job(res: Resources, job_id: str) -> str:
 
 
 async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
-    adapter = res.pool.select(job.model)
-    if adapter is None:
-        return await _fail(res, job.id, lease, "no_backend", f"No backend serves model {job.model!r}.")
-    async with transaction(res.sessionmaker) as session:
-        await repository.set_backend(session, job.id, lease, adapter.name)
     progress = _Progress()
-    deadline = time.monotonic() + res.settings.job_timeout_seconds  # one budget for generating and storing
+    deadline = time.monotonic() + res.settings.job_timeout_seconds  # one budget for placing, generating, storing
+    notes: list[str] = []
+
+    async def placed(backend: str) -> None:
+        async with transaction(res.sessionmaker) as session:
+            await repository.set_backend(session, job.id, lease, backend)
+
+    async def learned(backend: str, model: str | None, seconds: float, samples: int) -> None:
+        async with transaction(res.sessionmaker) as session:
+            await backends_repository.save_speed(session, backend, model, seconds, samples)
+
     try:
-        images = await _with_heartbeat(
-            res, job.id, lease, progress, deadline, adapter.generate(_request_of(job), progress)
+        request = await _request_of(res, job)
+        work = generation.generate(
+            res.scheduler,
+            request,
+            job_id=job.id,
+            progress=progress,
+            on_placed=placed,
+            on_speed=learned,
+            oom_fallback=job.oom_fallback,
         )
-        assets = await _with_heartbeat(res, job.id, lease, progress, deadline, _store(res, job, images))
+        generated = await _with_heartbeat(res, job.id, lease, progress, deadline, work)
+        notes = list(generated.notes)
+        captions: list[Caption | None] = [None] * len(generated.images)
+        if job.describe:
+            captions, describe_notes = await _with_heartbeat(
+                res, job.id, lease, progress, deadline, describe_images(res.scheduler, job.id, generated.images)
+            )
+            notes += describe_notes
+        assets = await _with_heartbeat(res, job.id, lease, progress, deadline, _store(res, job, generated, captions))
     except BackendError as exc:
-        return await _fail(res, job.id, lease, exc.code, exc.message)
+        return await _fail(res, job.id, lease, exc.code, exc.message, notes + exc.notes)
     except (_LeaseLost, asyncio.CancelledError):
         raise
+    except FileNotFoundError:
+        return await _fail(res, job.id, lease, "input_missing", "The job's input image is no longer stored.", notes)
     except Exception:
         log.exception("job.internal_error")
-        return await _fail(res, job.id, lease, "internal_error", "An internal error stopped this job.")
+        return await _fail(res, job.id, lease, "internal_error", "An internal error stopped this job.", notes)
     async with transaction(res.sessionmaker) as session:
-        if not await repository.finish(session, job.id, lease, status=JobStatus.succeeded):
+        if not await repository.finish(session, job.id, lease, status=JobStatus.succeeded, notes=notes):
             raise _LeaseLost
         session.add_all(assets)
     return JobStatus.succeeded.value
@@ -170,10 +203,10 @@ async def _with_heartbeat(
             await asyncio.wait({task}, timeout=_CANCEL_GRACE_SECONDS)
 
 
-async def _store(res: Resources, job: Job, images: list[GeneratedImage]) -> list[Asset]:
+async def _store(res: Resources, job: Job, generated: Generated, captions: list[Caption | None]) -> list[Asset]:
     """Write the images to the content-addressed store (converted to the job's format if needed)."""
     assets = []
-    for index, image in enumerate(images):
+    for index, (image, caption) in enumerate(zip(generated.images, captions, strict=True)):
         data = image.data
         if image.format != job.output_format:
             data = await asyncio.to_thread(convert, image.data, job.output_format)
@@ -190,15 +223,17 @@ async def _store(res: Resources, job: Job, images: list[GeneratedImage]) -> list
                 format=job.output_format,
                 content_type=CONTENT_TYPES[job.output_format],
                 seed=image.seed,
+                caption=caption.text if caption else None,
+                tags=caption.tags if caption else None,
             )
         )
     return assets
 
 
-async def _fail(res: Resources, job_id: str, lease: str, code: str, message: str) -> str:
+async def _fail(res: Resources, job_id: str, lease: str, code: str, message: str, notes: list[str]) -> str:
     async with transaction(res.sessionmaker) as session:
         done = await repository.finish(
-            session, job_id, lease, status=JobStatus.failed, error_code=code, error_message=message
+            session, job_id, lease, status=JobStatus.failed, error_code=code, error_message=message, notes=notes
         )
     if not done:
         raise _LeaseLost

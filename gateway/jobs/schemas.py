@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.assets.models import Asset
 from gateway.assets.schemas import AssetRead
@@ -33,12 +33,39 @@ class JobParameters(BaseModel):
     n: Annotated[int, Field(ge=1, le=8, description="Number of images"), INTEGRAL] = 1
     model: Annotated[SafeText, Field(min_length=1, max_length=200)] | None = None
     output_format: OutputFormat = "png"
+    sampler: Annotated[SafeText, Field(min_length=1, max_length=100, description="e.g. `DPM++ 2M`")] | None = None
+    scheduler: Annotated[SafeText, Field(min_length=1, max_length=100, description="e.g. `Karras`")] | None = None
+    describe: bool = Field(default=False, description="Caption and tag the images with a vision backend")
+    oom_fallback: bool = Field(
+        default=False, description="On a GPU out-of-memory error, retry once at about a quarter of the pixels"
+    )
+
+
+InputImage = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=16 * 1024 * 1024,
+        description="An asset id of yours (`ast_...`) or base64 image data (a `data:image/...;base64,` prefix is fine)",
+    ),
+]
 
 
 class JobCreate(JobParameters):
-    """Body of ``POST /v1/jobs``."""
+    """Body of ``POST /v1/jobs``. With `init_image` it is an image-to-image job."""
 
     prompt: Annotated[NonBlankText, Field(min_length=1, max_length=4000)]
+    init_image: InputImage | None = None
+    mask: InputImage | None = Field(default=None, description="White areas are repainted (needs `init_image`)")
+    denoising_strength: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="How far from the init image to go (image-to-image; backend default 0.75)"
+    )
+
+    @model_validator(mode="after")
+    def _image_to_image_fields(self) -> JobCreate:
+        if self.init_image is None and (self.mask is not None or self.denoising_strength is not None):
+            raise ValueError("mask and denoising_strength need an init_image")
+        return self
 
 
 class JobError(BaseModel):
@@ -60,12 +87,19 @@ class JobRead(BaseModel):
     n: int
     model: str | None
     output_format: str
+    sampler: str | None
+    scheduler: str | None
+    image_to_image: bool
+    denoising_strength: float | None
+    describe: bool
+    oom_fallback: bool
     backend: str | None
     attempts: int
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
     error: JobError | None
+    notes: list[str] = Field(description="What the gateway adjusted or retried (e.g. a smaller size after OOM)")
     assets: list[AssetRead]
 
     @classmethod
@@ -85,12 +119,19 @@ class JobRead(BaseModel):
             n=job.n,
             model=job.model,
             output_format=job.output_format,
+            sampler=job.sampler,
+            scheduler=job.scheduler,
+            image_to_image=job.init_image_sha256 is not None,
+            denoising_strength=job.denoising_strength,
+            describe=job.describe,
+            oom_fallback=job.oom_fallback,
             backend=job.backend,
             attempts=job.attempts,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,
             error=error,
+            notes=list(job.notes or []),
             assets=[AssetRead.of(a, base_url) for a in assets],
         )
 

@@ -12,9 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.assets import repository as asset_repository
 from gateway.assets.models import Asset
+from gateway.assets.storage import LocalAssetStore
 from gateway.common.ids import is_id
 from gateway.errors import Conflict, NotFound
 from gateway.jobs import repository
+from gateway.jobs.inputs import store_input
 from gateway.jobs.models import Job, JobStatus
 from gateway.jobs.queue import queue_ref
 from gateway.jobs.schemas import MAX_SEED, JobCreate
@@ -27,7 +29,12 @@ def request_hash(body: JobCreate) -> str:
 
 
 async def create_job(
-    session: AsyncSession, *, principal: Principal, body: JobCreate, idempotency_key: str | None
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    body: JobCreate,
+    idempotency_key: str | None,
+    store: LocalAssetStore,
 ) -> tuple[Job, bool]:
     """Persist a queued job; returns ``(job, created)``. A repeated idempotency key returns the first job."""
     digest = request_hash(body)
@@ -35,6 +42,13 @@ async def create_job(
         existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
         if existing is not None:
             return _replay(existing, digest), False
+    init_image = mask = None
+    if body.init_image is not None:
+        init_image = await store_input(
+            session, store, system_id=principal.system_id, value=body.init_image, field="init_image"
+        )
+    if body.mask is not None:
+        mask = await store_input(session, store, system_id=principal.system_id, value=body.mask, field="mask")
     now = await repository.db_time(session)  # the clock the reconciler compares enqueued_at with
     job = Job(
         system_id=principal.system_id,
@@ -48,6 +62,13 @@ async def create_job(
         n=body.n,
         model=body.model,
         output_format=body.output_format,
+        sampler=body.sampler,
+        scheduler=body.scheduler,
+        denoising_strength=body.denoising_strength,
+        init_image_sha256=init_image,
+        mask_sha256=mask,
+        describe=body.describe,
+        oom_fallback=body.oom_fallback,
         idempotency_key=idempotency_key,
         request_hash=digest,
         created_at=now,

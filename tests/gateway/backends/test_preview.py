@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from gateway.backends.base import GenerationRequest
-from gateway.backends.preview import PreviewAdapter, render
+from gateway.backends.preview import PreviewAdapter, preview_spec, render
 
 BASE = GenerationRequest(
     prompt="a ceramic teapot on a wooden table, studio light",
@@ -89,7 +89,7 @@ def test_chinese_prompt_renders() -> None:
 
 
 async def test_adapter_reports_progress_and_returns_n_images() -> None:
-    adapter = PreviewAdapter(step_ms=1)
+    adapter = PreviewAdapter(preview_spec(step_ms=1))
     seen: list[float] = []
 
     async def progress(value: float) -> None:
@@ -101,7 +101,7 @@ async def test_adapter_reports_progress_and_returns_n_images() -> None:
 
 
 async def test_cancelling_generate_stops_the_work() -> None:
-    adapter = PreviewAdapter(step_ms=20)
+    adapter = PreviewAdapter(preview_spec(step_ms=20))
     seen: list[float] = []
 
     async def progress(value: float) -> None:
@@ -117,8 +117,7 @@ async def test_cancelling_generate_stops_the_work() -> None:
     assert 0 < stopped_at < 100 and len(seen) == stopped_at  # no step ran after the cancel
 
 
-def test_models_served() -> None:
-    assert PreviewAdapter().serves("anything")
-    restricted = PreviewAdapter(models="preview,sd15")
-    assert restricted.serves(None) and restricted.serves("sd15")
-    assert not restricted.serves("sdxl")
+def test_preview_spec_lists_models_or_serves_any() -> None:
+    assert preview_spec().models == ()
+    assert preview_spec(models="preview, sd15").models == ("preview", "sd15")
+    assert preview_spec(models="sd15,*").models == ()

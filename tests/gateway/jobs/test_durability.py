@@ -145,7 +145,8 @@ async def test_two_workers_sharing_a_queue_complete_every_job_exactly_once(tmp_p
         token = await stack.system()
         # 0.5 s each: one worker (4 at a time) cannot take them all before the other starts polling.
         ids = [(await stack.submit(token, prompt=f"tile {i}", steps=25, n=2))["id"] for i in range(16)]
-        async with running_worker(stack.res.settings), running_worker(stack.res.settings):
+        settings = stack.res.settings.model_copy(update={"worker_concurrency": 4})
+        async with running_worker(settings), running_worker(settings):
             jobs = [await stack.wait(token, job_id, timeout=60) for job_id in ids]
         assert {j["status"] for j in jobs} == {"succeeded"}
         assert {j["attempts"] for j in jobs} == {1}

@@ -172,13 +172,13 @@ async def test_other_systems_job_and_asset_answer_404_like_missing_ones(stack: S
         assert foreign.json()["error"]["code"] == missing.json()["error"]["code"]
 
 
-async def test_job_of_model_no_backend_serves_fails_with_no_backend(embedded: Stack) -> None:
-    embedded.res.pool.adapters[0].models = {"preview"}  # type: ignore[attr-defined]
-    token = await embedded.system()
-    job = await embedded.wait(token, (await embedded.submit(token, model="sdxl-base"))["id"])
-    assert job["status"] == "failed"
-    assert job["error"]["code"] == "no_backend"
-    assert "sdxl-base" in job["error"]["message"]
+async def test_job_of_model_no_backend_serves_fails_with_no_backend(tmp_path: Path) -> None:
+    async for embedded in start_stack("embedded", tmp_path, None, preview_models="preview"):
+        token = await embedded.system()
+        job = await embedded.wait(token, (await embedded.submit(token, model="sdxl-base"))["id"])
+        assert job["status"] == "failed"
+        assert job["error"]["code"] == "no_backend"
+        assert "sdxl-base" in job["error"]["message"]
 
 
 async def test_many_concurrent_submits_are_all_accepted(stack: Stack) -> None:

@@ -1,0 +1,126 @@
+"""Managing backends (admin API and CLI). Services take the session explicitly and never commit."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.backends import repository
+from gateway.backends.base import BackendError, BackendSpec
+from gateway.backends.models import Backend, BackendSpeed
+from gateway.backends.registry import adapter_class, build_adapter
+from gateway.backends.schemas import Auth, BackendCreate, BackendUpdate, BasicAuth, BearerAuth
+from gateway.common.crypto import SecretBox
+from gateway.common.time import utcnow
+from gateway.errors import Conflict, NotFound
+
+_PROBE_TIMEOUT = 10.0
+
+
+def _apply_auth(row: Backend, auth: Auth | None, box: SecretBox) -> None:
+    if isinstance(auth, BasicAuth):
+        row.auth_kind, row.auth_username, row.auth_secret = "basic", auth.username, box.seal(auth.password)
+    elif isinstance(auth, BearerAuth):
+        row.auth_kind, row.auth_username, row.auth_secret = "bearer", None, box.seal(auth.token)
+    else:
+        row.auth_kind, row.auth_username, row.auth_secret = "none", None, None
+
+
+async def get_backend(session: AsyncSession, name: str) -> Backend:
+    row = await repository.get_by_name(session, name)
+    if row is None:
+        raise NotFound(f"No backend named {name!r}.")
+    return row
+
+
+async def create_backend(session: AsyncSession, *, body: BackendCreate, box: SecretBox) -> Backend:
+    if await repository.get_by_name(session, body.name) is not None:
+        raise Conflict(f"Backend {body.name!r} already exists.", code="backend_exists")
+    row = Backend(
+        name=body.name,
+        kind=body.kind,
+        url=body.url.rstrip("/"),
+        slots=body.slots or adapter_class(body.kind).default_slots,
+        models=list(dict.fromkeys(body.models)),
+        options=body.options,
+        enabled=body.enabled,
+        timeout_seconds=body.timeout_seconds,
+    )
+    _apply_auth(row, body.auth, box)
+    session.add(row)
+    await session.flush()
+    return row
+
+
+async def update_backend(session: AsyncSession, *, name: str, body: BackendUpdate, box: SecretBox) -> Backend:
+    row = await get_backend(session, name)
+    given = body.model_fields_set
+    if "url" in given and body.url is not None:
+        row.url = body.url.rstrip("/")
+    if "auth" in given:
+        _apply_auth(row, body.auth, box)
+    if body.slots is not None:
+        row.slots = body.slots
+    if body.models is not None:
+        row.models = list(dict.fromkeys(body.models))
+    if body.options is not None:
+        row.options = body.options
+    if body.enabled is not None:
+        row.enabled = body.enabled
+    if body.timeout_seconds is not None:
+        row.timeout_seconds = body.timeout_seconds
+    row.updated_at = utcnow()
+    await session.flush()
+    return row
+
+
+async def delete_backend(session: AsyncSession, *, name: str) -> None:
+    row = await get_backend(session, name)
+    await repository.delete_speeds(session, name)
+    await session.delete(row)
+    await session.flush()
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    healthy: bool
+    error: str | None = None
+    models: list[str] | None = None
+    loaded_model: str | None = None
+
+
+async def probe_server(spec: BackendSpec) -> ProbeOutcome:
+    """Ask the server now: health, the models it has, the one loaded. Call it outside a transaction (it may
+    take seconds); an unreachable server is an outcome, not an error (it may be booting)."""
+    adapter = build_adapter(spec)
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT):
+            result = await adapter.probe()
+    except (BackendError, TimeoutError) as exc:
+        return ProbeOutcome(healthy=False, error=getattr(exc, "message", None) or "the probe timed out")
+    finally:
+        await adapter.aclose()
+    return ProbeOutcome(healthy=True, models=result.models, loaded_model=result.loaded_model)
+
+
+async def record_probe(session: AsyncSession, *, name: str, outcome: ProbeOutcome) -> Backend:
+    row = await get_backend(session, name)
+    row.health = "healthy" if outcome.healthy else "unhealthy"
+    row.health_error = outcome.error
+    if outcome.healthy:
+        row.discovered_models = outcome.models
+        row.loaded_model = outcome.loaded_model
+    row.checked_at = utcnow()
+    await session.flush()
+    return row
+
+
+async def speeds_of(session: AsyncSession, names: Sequence[str]) -> dict[str, list[BackendSpeed]]:
+    by_backend: dict[str, list[BackendSpeed]] = {name: [] for name in names}
+    for speed in await repository.list_speeds(session):
+        if speed.backend in by_backend:
+            by_backend[speed.backend].append(speed)
+    return by_backend
