@@ -37,6 +37,7 @@ from gateway.backends.base import (
     ProgressCallback,
     decode_base64_image,
     image_of,
+    number_option,
     status_error,
 )
 
@@ -55,11 +56,12 @@ class A1111Adapter(HttpAdapter):
 
     kind = "a1111"
     default_slots = 1
+    max_slots = 1
     lists_models = True
 
     def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(spec, client)
-        self.poll_seconds = float(spec.options.get("poll_seconds", 0.5))
+        self.poll_seconds = number_option(spec.options, "poll_seconds", 0.5)
         self._titles: dict[str, str] = {}  # model_name -> title, from the last /sd-models
         self._samplers: set[str] | None = None  # sampler names, from /samplers
         self._schedulers: set[str] | None = None  # scheduler names and labels; None: server without /schedulers

@@ -176,6 +176,15 @@ def image_of(data: bytes, seed: int) -> GeneratedImage:
     return GeneratedImage(data=data, format=fmt, width=width, height=height, seed=seed)
 
 
+def number_option(options: Mapping[str, Any], key: str, default: float, *, minimum: float = 0.0) -> float:
+    """A numeric option, checked when the adapter is built (so that a bad value is refused when the backend
+    is added, not found by a job): ValueError/TypeError name the option."""
+    value = float(options.get(key, default))
+    if not value > minimum or value == float("inf"):  # also refuses NaN
+        raise ValueError(f"{key} must be a number above {minimum:g}")
+    return value
+
+
 def make_client(spec: BackendSpec) -> httpx.AsyncClient:
     """One client per backend: base URL, auth, explicit timeouts (a slow GPU call is normal, a slow connect not)."""
     return httpx.AsyncClient(
@@ -201,8 +210,13 @@ class Adapter(abc.ABC):
     kind: ClassVar[str]
     capability: ClassVar[Literal["generate", "describe"]] = "generate"
     default_slots: ClassVar[int] = 1
+    # The most slots that make sense: None for no limit. A1111's interrupt is server-wide and its queue
+    # cannot be told apart, so two of our generations there could not be cancelled one by one.
+    max_slots: ClassVar[int | None] = None
     # Whether ``probe`` can list models; when False and no models are configured the backend serves any model.
     lists_models: ClassVar[bool] = False
+    # What a server that cannot list its models serves when none are configured (empty: any model).
+    default_models: ClassVar[tuple[str, ...]] = ()
     # In-process work (the preview renderer): its slots are this process's, not shared across the cluster.
     local: ClassVar[bool] = False
 

@@ -31,7 +31,7 @@ async def describe_images(
         work = Work(f"{job_id}:describe:{index}", None, 0.1, capability="describe")
         try:
             async with scheduler.slot(work) as entry:
-                answer = await entry.adapter.describe(image.data, CONTENT_TYPES[image.format], DESCRIBE_PROMPT)
+                answer = await entry.adapter.describe(image.data, _content_type(image.format), DESCRIBE_PROMPT)
         except (BackendError, NoCandidate) as exc:
             message = exc.message if isinstance(exc, BackendError) else "every vision backend failed"
             notes.append(f"Image {index} was not described: {message}")
@@ -43,3 +43,8 @@ async def describe_images(
         text, tags = parse_caption(answer)
         captions.append(Caption(text=text, tags=tags))
     return captions, notes
+
+
+def _content_type(fmt: str) -> str:
+    """What to call the image (a backend may return formats the store converts later, e.g. bmp or gif)."""
+    return CONTENT_TYPES.get(fmt, f"image/{fmt}")

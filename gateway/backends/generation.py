@@ -65,7 +65,7 @@ async def generate(
     fell_back = False
     last_error: BackendError | None = None
     while len(excluded) < scheduler.settings.backend_max_tries:
-        work = Work(job_id, request.model, work_units(request.width, request.height, request.steps, request.n))
+        work = Work(job_id, request.model, _units(request), request=request)
         entry: PoolEntry | None = None
         try:
             async with scheduler.slot(work, frozenset(excluded)) as placed:
@@ -126,6 +126,8 @@ async def _settle(task: asyncio.Task[None]) -> None:
     except asyncio.CancelledError:
         task.cancel()
         raise
+    except Exception:  # informative only: a database hiccup here must not throw away a finished generation
+        log.warning("job.placement_not_recorded", exc_info=True)
 
 
 def _units(request: GenerationRequest) -> float:

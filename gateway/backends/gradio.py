@@ -61,6 +61,7 @@ class GradioAdapter(Adapter):
     kind = "gradio"
     default_slots = 1
     lists_models = False
+    default_models = ("glm-image",)
 
     def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(spec, client)

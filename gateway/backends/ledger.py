@@ -28,7 +28,7 @@ from redis.asyncio import Redis
 class Entry:
     job: str
     expected: float  # seconds this job is expected to take on this backend
-    seq: int  # place in line (smaller first)
+    seq: float  # place in line (smaller first; a job may be placed between two others)
     started: float | None  # ledger clock when it got its slot; None while waiting
     model: int = 0  # model_key() of the job's model: which checkpoint the backend has loaded after it
 
@@ -55,13 +55,14 @@ class Ledger(abc.ABC):
         """The ledger clock and the live entries of ``backends``."""
 
     @abc.abstractmethod
-    async def reserve(self, backend: str, job: str, expected: float, seq: int, model: int = 0) -> None:
+    async def reserve(self, backend: str, job: str, expected: float, seq: float, model: int = 0) -> None:
         """Wait in line on ``backend`` (replaces an entry of ``job`` there); ``model`` is a ``model_key``."""
 
     @abc.abstractmethod
     async def acquire(self, backend: str, job: str, slots: int, ttl: float) -> bool | None:
-        """Take a slot if it is this job's turn: True (active now), False (keep waiting), None (the
-        reservation expired: reserve again)."""
+        """Take a slot if it is this job's turn: True (active now), False (keep waiting: the place in line is
+        renewed), None (the reservation expired: reserve again). A waiting entry is only ever renewed here,
+        so that one that expired cannot come back as a slot."""
 
     @abc.abstractmethod
     async def renew(self, backend: str, job: str, ttl: float) -> None:
@@ -82,7 +83,7 @@ class Ledger(abc.ABC):
 @dataclass
 class _Held:
     expected: float
-    seq: int
+    seq: float
     started: float | None
     expires: float
     model: int = 0
@@ -113,7 +114,7 @@ class MemoryLedger(Ledger):
             for b in backends
         }
 
-    async def reserve(self, backend: str, job: str, expected: float, seq: int, model: int = 0) -> None:
+    async def reserve(self, backend: str, job: str, expected: float, seq: float, model: int = 0) -> None:
         now = time.monotonic()
         self._live(backend, now)[job] = _Held(expected, seq, None, now + self.waiting_ttl, model)
 
@@ -127,6 +128,7 @@ class MemoryLedger(Ledger):
             active = sum(1 for h in entries.values() if h.started is not None)
             ahead = sum(1 for h in entries.values() if h.started is None and h.seq < mine.seq)
             if active + ahead >= slots:
+                mine.expires = now + self.waiting_ttl  # still waiting: the place in line stays alive
                 return False
             mine.started = now
         mine.expires = now + ttl
@@ -168,7 +170,7 @@ local function live(key, now)
   end
   return entries
 end
-local function fmt(e) return string.format('%.6f|%d|%.6f|%.6f|%d', e[1], e[2], e[3], e[4], e[5] or 0) end
+local function fmt(e) return string.format('%.6f|%.17g|%.6f|%.6f|%d', e[1], e[2], e[3], e[4], e[5] or 0) end
 """
 _ACQUIRE = (
     _NOW
@@ -182,7 +184,11 @@ if mine[3] == 0 then
   for _, e in pairs(entries) do
     if e[3] > 0 then active = active + 1 elseif e[2] < mine[2] then ahead = ahead + 1 end
   end
-  if active + ahead >= tonumber(ARGV[2]) then return 0 end
+  if active + ahead >= tonumber(ARGV[2]) then
+    mine[4] = now + tonumber(ARGV[4])
+    redis.call('HSET', KEYS[1], ARGV[1], fmt(mine))
+    return 0
+  end
   mine[3] = now
 end
 mine[4] = now + tonumber(ARGV[3])
@@ -261,15 +267,15 @@ class RedisLedger(Ledger):
                 text = value.decode() if isinstance(value, bytes) else value
                 expected, seq, started, _, model = text.split("|")
                 name = job.decode() if isinstance(job, bytes) else job
-                entries.append(Entry(name, float(expected), int(seq), float(started) or None, int(model)))
+                entries.append(Entry(name, float(expected), float(seq), float(started) or None, int(model)))
             result[backend] = entries
         return now, result
 
-    async def reserve(self, backend: str, job: str, expected: float, seq: int, model: int = 0) -> None:
+    async def reserve(self, backend: str, job: str, expected: float, seq: float, model: int = 0) -> None:
         await self._reserve(keys=[self._key(backend)], args=[job, expected, seq, self.waiting_ttl, model])
 
     async def acquire(self, backend: str, job: str, slots: int, ttl: float) -> bool | None:
-        result = int(await self._acquire(keys=[self._key(backend)], args=[job, slots, ttl]))
+        result = int(await self._acquire(keys=[self._key(backend)], args=[job, slots, ttl, self.waiting_ttl]))
         return None if result < 0 else bool(result)
 
     async def renew(self, backend: str, job: str, ttl: float) -> None:

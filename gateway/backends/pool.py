@@ -51,6 +51,8 @@ class PoolEntry:
             return set(self.spec.models)
         if self.discovered is not None and self.adapter.lists_models:
             return set(self.discovered)
+        if self.adapter.default_models:  # one-model servers (Z-Image-Turbo, GLM-Image) that cannot list it
+            return set(self.adapter.default_models)
         return None
 
     def serves(self, model: str | None) -> bool:
@@ -93,11 +95,19 @@ class BackendPool:
         return entry
 
     def candidates(self, model: str | None, capability: str = "generate") -> list[PoolEntry]:
-        """Enabled backends of ``capability`` that serve ``model`` (healthy or not). The built-in preview is a
-        fallback: it is a candidate only when no real backend serves the model."""
-        serving = [e for e in self.entries.values() if e.capability == capability and e.serves(model)]
+        """Enabled backends of ``capability`` that serve ``model`` (healthy or not).
+
+        The built-in preview is a fallback: a candidate only when no real backend serves the model, and, when it
+        serves any model (the default, for a laptop), only while the pool has no real backend at all: once GPUs
+        are configured, a model none of them serves fails with ``no_backend`` instead of quietly getting a
+        preview picture."""
+        of_kind = [e for e in self.entries.values() if e.capability == capability]
+        serving = [e for e in of_kind if e.serves(model)]
         real = [e for e in serving if not e.adapter.local]
-        return real or serving
+        if real:
+            return real
+        has_real = any(not e.adapter.local for e in of_kind)
+        return [e for e in serving if not (has_real and e.models() is None)]
 
     async def refresh(self) -> None:
         """Re-read the backends table: build adapters for new or changed backends, close removed ones."""
@@ -107,6 +117,7 @@ class BackendPool:
             rows = await repository.list_backends(session, enabled_only=True)
             speeds = await repository.list_speeds(session)
         specs = {spec.name: spec for spec in self._builtin}
+        by_name = {row.name: row for row in rows}
         for row in rows:
             try:
                 specs[row.name] = repository.spec_of(row, self._box)
@@ -117,8 +128,17 @@ class BackendPool:
                 # Jobs may still be running on the old adapter: close it with the pool, not now.
                 self._retired.append(self.entries.pop(name).adapter)
         for name, spec in specs.items():
-            if name not in self.entries:
-                self._put(spec)
+            if name in self.entries:
+                continue
+            try:
+                entry = self._put(spec)
+            except Exception as exc:  # one unusable row (e.g. options written by hand) must not hide the rest
+                log.error("backend.unusable", backend=name, error=f"{type(exc).__name__}: {exc}")
+                continue
+            known = by_name.get(name)
+            if known is not None:  # what the last probe (of any process) learned, until this process probes
+                entry.discovered = known.discovered_models
+                entry.loaded_model = known.loaded_model
         self.speeds.load([(s.backend, s.model, s.seconds_per_unit, s.samples) for s in speeds])
 
     async def probe(self, entry: PoolEntry) -> None:

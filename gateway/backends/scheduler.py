@@ -19,14 +19,17 @@ from dataclasses import dataclass
 
 import structlog
 
-from gateway.backends.base import NO_BACKEND, BackendError
+from gateway.backends.base import NO_BACKEND, BackendError, GenerationRequest
 from gateway.backends.ledger import Entry, Ledger, MemoryLedger, model_key
 from gateway.backends.pool import BackendPool, PoolEntry
+from gateway.backends.speeds import work_units
 from gateway.config import Settings
 
 log = structlog.get_logger("gateway.backends")
 _MOVE_MARGIN = 0.1  # move only for a finish at least 10 % (and 0.25 s) earlier: no ping-pong on noise
 _REEVALUATE_SECONDS = 0.5
+# How many later arrivals a job may pass in a backend's line to join a run of its own model (see _position).
+_JUMP_WINDOW = 32
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,29 @@ class Work:
     model: str | None
     units: float
     capability: str = "generate"
+    request: GenerationRequest | None = None  # when given, backends whose adapter refuses it are passed over
+
+    def units_on(self, entry: PoolEntry) -> float:
+        """The units ``entry`` will really run: what its adapter sends (Z-Image runs 8 steps whatever was asked),
+        the measure its speed was learned in."""
+        if self.request is None:
+            return self.units
+        try:
+            sent = entry.adapter.adjust(self.request)[0]
+        except BackendError:
+            return self.units
+        return work_units(sent.width, sent.height, sent.steps, sent.n)
+
+
+def _refusal(entry: PoolEntry, request: GenerationRequest | None) -> BackendError | None:
+    """Why ``entry`` cannot run ``request`` at all (e.g. Z-Image and image-to-image), None if it can."""
+    if request is None:
+        return None
+    try:
+        entry.adapter.adjust(request)
+    except BackendError as exc:
+        return exc
+    return None
 
 
 class NoCandidate(Exception):
@@ -66,15 +92,32 @@ class Scheduler:
     def expected_seconds(self, entry: PoolEntry, work: Work, loaded: int | None = None) -> float:
         """Expected duration of ``work`` on ``entry``; a checkpoint switch is added when the model loaded at
         its start (``loaded``, a ``model_key``; default: what the backend has loaded now) is another one."""
-        seconds = self.pool.speeds.seconds_per_unit(entry.name, work.model) * work.units
+        seconds = self.pool.speeds.seconds_per_unit(entry.name, work.model) * work.units_on(entry)
         if loaded is None and entry.loaded_model is not None:
             loaded = model_key(entry.loaded_model)
         if work.model is not None and loaded is not None and loaded != model_key(work.model):
             seconds += self.settings.backend_switch_seconds
         return seconds
 
+    @staticmethod
+    def _position(entries: list[Entry], seq: float, work: Work) -> float:
+        """Where in a backend's line the job waits: at its own place ``seq`` (first come, first served), or
+        right behind the last waiting job of its model when that is earlier, so that jobs of one model run
+        back to back instead of paying a checkpoint switch each (twice: there and back). It only ever passes
+        jobs that came at most ``_JUMP_WINDOW`` places after it: an older job is never overtaken this way."""
+        key = model_key(work.model)
+        waiting = sorted((e for e in entries if e.started is None and e.job != work.job_id), key=lambda e: e.seq)
+        same = [e for e in waiting if e.model == key and e.seq < seq]
+        if not same:
+            return seq
+        anchor = same[-1]
+        passed = [e for e in waiting if anchor.seq < e.seq < seq]
+        if not passed or any(e.seq < seq - _JUMP_WINDOW for e in passed):
+            return seq
+        return (anchor.seq + passed[0].seq) / 2
+
     def _start_estimate(
-        self, entry: PoolEntry, entries: list[Entry], now: float, seq: int, job: str
+        self, entry: PoolEntry, entries: list[Entry], now: float, seq: float, job: str
     ) -> tuple[float, int | None]:
         """Seconds until a slot of ``entry`` is expected to be free for the job with place ``seq``, and the
         model the backend will have loaded then (the one of the last job before it; None: unknown)."""
@@ -88,16 +131,17 @@ class Scheduler:
         return (remaining + sum(e.expected for e in ahead)) / entry.spec.slots, loaded
 
     def _estimate(
-        self, entry: PoolEntry, snap: dict[str, tuple[float, list[Entry]]], seq: int, work: Work
-    ) -> tuple[float, float]:
-        """(expected finish, expected duration) of ``work`` on ``entry`` given the ledger snapshot."""
+        self, entry: PoolEntry, snap: dict[str, tuple[float, list[Entry]]], seq: float, work: Work, *, fixed: bool
+    ) -> tuple[float, float, float]:
+        """(expected finish, expected duration, position in line) of ``work`` on ``entry`` given the ledger
+        snapshot: at position ``seq`` if ``fixed`` (where it already waits), else where it would be placed."""
+        if self.settings.scheduler == "round_robin":
+            fixed = True  # the baseline keeps plain first come, first served
         now, entries = snap.get(entry.name, (0.0, []))
-        start, loaded = self._start_estimate(entry, entries, now, seq, work.job_id)
+        position = seq if fixed else self._position(entries, seq, work)
+        start, loaded = self._start_estimate(entry, entries, now, position, work.job_id)
         duration = self.expected_seconds(entry, work, loaded)
-        return start + duration, duration
-
-    def _finish(self, entry: PoolEntry, snap: dict[str, tuple[float, list[Entry]]], seq: int, work: Work) -> float:
-        return self._estimate(entry, snap, seq, work)[0]
+        return start + duration, duration, position
 
     def _choose(
         self, healthy: list[PoolEntry], snap: dict[str, tuple[float, list[Entry]]], seq: int, work: Work
@@ -107,7 +151,7 @@ class Scheduler:
             return ordered[next(self._round_robin) % len(ordered)]
         return min(
             healthy,
-            key=lambda e: (self._finish(e, snap, seq, work), e.loaded_model != work.model, e.name),
+            key=lambda e: (self._estimate(e, snap, seq, work, fixed=False)[0], e.loaded_model != work.model, e.name),
         )
 
     @contextlib.asynccontextmanager
@@ -141,6 +185,8 @@ class Scheduler:
     async def _acquire(self, work: Work, exclude: frozenset[str]) -> PoolEntry:
         seq = await self.ledger.next_seq()
         current: PoolEntry | None = None
+        position: float = seq  # where the job waits in ``current``'s line
+        refusals: dict[PoolEntry, BackendError | None] = {}  # per live backend: why it cannot run the request
         unhealthy_since: float | None = None
         evaluated = 0.0
         try:
@@ -148,7 +194,13 @@ class Scheduler:
                 serving = self.pool.candidates(work.model, work.capability)
                 if not serving:
                     raise BackendError(_no_backend_message(work), code=NO_BACKEND)
-                candidates = [e for e in serving if e.name not in exclude]
+                for entry in serving:
+                    if entry not in refusals:
+                        refusals[entry] = _refusal(entry, work.request)
+                fitting = [e for e in serving if refusals[e] is None]
+                if not fitting:  # every backend of the model refuses this request: say why (the first one's words)
+                    raise next(r for e in serving if (r := refusals[e]) is not None)
+                candidates = [e for e in fitting if e.name not in exclude]
                 if not candidates:
                     raise NoCandidate
                 healthy = [e for e in candidates if e.available()]
@@ -167,7 +219,7 @@ class Scheduler:
                     continue
                 unhealthy_since = None
                 if current not in healthy or time.monotonic() - evaluated >= _REEVALUATE_SECONDS:
-                    current = await self._place(work, healthy, current, seq)
+                    current, position = await self._place(work, healthy, current, seq, position)
                     evaluated = time.monotonic()
                 ttl = self.settings.job_lease_seconds
                 ledger = self.ledger_of(current)
@@ -177,9 +229,8 @@ class Scheduler:
                     return current
                 if got is None:  # our place in line expired (a long stall): take it again
                     duration = self.expected_seconds(current, work)
-                    await ledger.reserve(current.name, work.job_id, duration, seq, model_key(work.model))
+                    await ledger.reserve(current.name, work.job_id, duration, position, model_key(work.model))
                     continue
-                await ledger.renew(current.name, work.job_id, ttl)
                 await ledger.changed(self.settings.scheduler_poll_seconds)
         except BaseException:
             if current is not None:
@@ -187,23 +238,26 @@ class Scheduler:
                     await asyncio.shield(self.ledger_of(current).release(current.name, work.job_id))
             raise
 
-    async def _place(self, work: Work, healthy: list[PoolEntry], current: PoolEntry | None, seq: int) -> PoolEntry:
-        """Choose (or keep) the backend to wait on, and write the reservation."""
+    async def _place(
+        self, work: Work, healthy: list[PoolEntry], current: PoolEntry | None, seq: int, position: float
+    ) -> tuple[PoolEntry, float]:
+        """Choose (or keep) the backend to wait on, and write the reservation; returns it and the position."""
         if current is not None and current in healthy and self.settings.scheduler == "round_robin":
-            return current
+            return current, position
         snap = await self._snapshot(healthy)
         best = self._choose(healthy, snap, seq, work)
-        if current is not None and current in healthy and best is not current:
-            stay = self._finish(current, snap, seq, work)
-            move = self._finish(best, snap, seq, work)
+        if current is not None and current in healthy:
+            stay = self._estimate(current, snap, position, work, fixed=True)[0]
+            if best is current:
+                return current, position
+            move = self._estimate(best, snap, seq, work, fixed=False)[0]
             if stay - move < max(0.25, _MOVE_MARGIN * stay):
-                return current
-        if best is not current:
-            if current is not None:
-                await self.ledger_of(current).release(current.name, work.job_id)
-            duration = self._estimate(best, snap, seq, work)[1]
-            await self.ledger_of(best).reserve(best.name, work.job_id, duration, seq, model_key(work.model))
-        return best
+                return current, position
+        if current is not None:
+            await self.ledger_of(current).release(current.name, work.job_id)
+        _, duration, position = self._estimate(best, snap, seq, work, fixed=False)
+        await self.ledger_of(best).reserve(best.name, work.job_id, duration, position, model_key(work.model))
+        return best, position
 
 
 def _model_text(work: Work) -> str:

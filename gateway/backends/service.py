@@ -15,7 +15,7 @@ from gateway.backends.registry import adapter_class, build_adapter
 from gateway.backends.schemas import Auth, BackendCreate, BackendUpdate, BasicAuth, BearerAuth
 from gateway.common.crypto import SecretBox
 from gateway.common.time import utcnow
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, ValidationFailed
 
 _PROBE_TIMEOUT = 10.0
 
@@ -27,6 +27,23 @@ def _apply_auth(row: Backend, auth: Auth | None, box: SecretBox) -> None:
         row.auth_kind, row.auth_username, row.auth_secret = "bearer", None, box.seal(auth.token)
     else:
         row.auth_kind, row.auth_username, row.auth_secret = "none", None, None
+
+
+def _invalid(field: str, message: str) -> ValidationFailed:
+    return ValidationFailed(f"{field}: {message}", details=[{"field": field, "message": message}])
+
+
+async def _check_usable(row: Backend, box: SecretBox) -> None:
+    """Refuse what the adapter cannot work with (options of the wrong type or value, more slots than the
+    protocol can keep apart) before anything is written, so that a bad row never reaches the pool."""
+    cls = adapter_class(row.kind)
+    if cls.max_slots is not None and row.slots > cls.max_slots:
+        raise _invalid("slots", f"a {row.kind} server runs one generation at a time: at most {cls.max_slots}")
+    try:
+        adapter = build_adapter(repository.spec_of(row, box))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise _invalid("options", str(exc)[:300] or type(exc).__name__) from None
+    await adapter.aclose()
 
 
 async def get_backend(session: AsyncSession, name: str) -> Backend:
@@ -50,6 +67,7 @@ async def create_backend(session: AsyncSession, *, body: BackendCreate, box: Sec
         timeout_seconds=body.timeout_seconds,
     )
     _apply_auth(row, body.auth, box)
+    await _check_usable(row, box)
     session.add(row)
     await session.flush()
     return row
@@ -72,6 +90,7 @@ async def update_backend(session: AsyncSession, *, name: str, body: BackendUpdat
         row.enabled = body.enabled
     if body.timeout_seconds is not None:
         row.timeout_seconds = body.timeout_seconds
+    await _check_usable(row, box)
     row.updated_at = utcnow()
     await session.flush()
     return row
@@ -101,6 +120,8 @@ async def probe_server(spec: BackendSpec) -> ProbeOutcome:
             result = await adapter.probe()
     except (BackendError, TimeoutError) as exc:
         return ProbeOutcome(healthy=False, error=getattr(exc, "message", None) or "the probe timed out")
+    except Exception as exc:  # a surprising answer (not the protocol's shape) is an unhealthy server, not a 500
+        return ProbeOutcome(healthy=False, error=f"the probe failed: {type(exc).__name__}: {exc}"[:500])
     finally:
         await adapter.aclose()
     return ProbeOutcome(healthy=True, models=result.models, loaded_model=result.loaded_model)

@@ -11,12 +11,16 @@ from __future__ import annotations
 import base64
 import re
 
+import httpx
+
 from gateway.backends._http import HttpAdapter, malformed
 from gateway.backends.base import (
     BACKEND_REJECTED,
     BACKEND_UNAVAILABLE,
     BackendError,
+    BackendSpec,
     ProbeResult,
+    number_option,
 )
 
 DESCRIBE_PROMPT = (
@@ -61,6 +65,11 @@ class VisionAdapter(HttpAdapter):
     default_slots = 1
     lists_models = False
 
+    def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
+        super().__init__(spec, client)
+        self.max_new_tokens = int(number_option(spec.options, "max_new_tokens", 256, minimum=0))
+        self.temperature = number_option(spec.options, "temperature", 0.2, minimum=-1e-9)
+
     async def probe(self) -> ProbeResult:
         health = await self.send_json("GET", "/health")
         if not isinstance(health, dict):
@@ -88,8 +97,8 @@ class VisionAdapter(HttpAdapter):
             json={
                 "image": data_url,
                 "prompt": prompt,
-                "max_new_tokens": int(self.spec.options.get("max_new_tokens", 256)),
-                "temperature": float(self.spec.options.get("temperature", 0.2)),
+                "max_new_tokens": self.max_new_tokens,
+                "temperature": self.temperature,
             },
         )
         try:

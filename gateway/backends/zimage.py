@@ -14,9 +14,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from gateway.backends._http import HttpAdapter, malformed
+import httpx
+
+from gateway.backends._http import HttpAdapter, error_text, malformed
 from gateway.backends.base import (
     BACKEND_REJECTED,
+    OUT_OF_MEMORY,
     BackendError,
     GeneratedImage,
     GenerationRequest,
@@ -45,6 +48,7 @@ class ZImageAdapter(HttpAdapter):
     kind = "zimage"
     default_slots = 1
     lists_models = False
+    default_models = ("z-image-turbo",)
 
     def adjust(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
         if request.init_image is not None:
@@ -77,6 +81,18 @@ class ZImageAdapter(HttpAdapter):
             changes.update(sampler=None, scheduler=None)
             notes.append("Z-Image-Turbo uses its own fixed scheduler: the requested sampler/scheduler was ignored.")
         return (replace(request, **changes) if changes else request), notes
+
+    def status_error(self, response: httpx.Response) -> BackendError:
+        """The service catches the pipeline's exceptions (a CUDA OOM above all) and answers exactly 500
+        ``{"detail": "Internal Server Error"}``: treated as out of memory, so that ``oom_fallback`` applies and a
+        large request does not open the circuit of a healthy server."""
+        if response.status_code == 500 and error_text(response) == "Internal Server Error":
+            return BackendError(
+                f"Backend {self.name} failed the generation (500 Internal Server Error: the Z-Image service's "
+                "answer to a CUDA out-of-memory).",
+                code=OUT_OF_MEMORY,
+            )
+        return super().status_error(response)
 
     async def probe(self) -> ProbeResult:
         # The service is a FastAPI app: its OpenAPI document answers without touching the GPU, and names its routes.

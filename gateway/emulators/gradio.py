@@ -23,7 +23,7 @@ GLM-Image rules (reference section 3): width/height multiples of 32 (otherwise t
 prompt is accepted by the UI and ignored by the pipeline, outputs vary between calls even with one seed. Time is
 steps x pixels on ``SimulatedGPU``. ``--fail-rate``: the function raises a CUDA OOM. ``--auth``: Gradio's own
 auth is a login form with cookies; this emulator instead requires HTTP Basic, as a reverse proxy in front of
-the WebUI would (see ``comfyui.proxy``).
+the WebUI would (see ``emulators.proxy``).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import BaseModel
 
-from gateway.emulators.comfyui.proxy import ProxyBasicAuth
 from gateway.emulators.core import EmulatorOptions, SimulatedGPU, render_image_async, resolve_seed
+from gateway.emulators.proxy import ProxyBasicAuth
 
 VERSION = "5.9.1"
 API_NAME = "predict"
@@ -120,12 +120,20 @@ class FnIndexInferError(Exception):
     """No function for that api_name / fn_index: uncaught upstream, so a plain 500."""
 
 
+class CancelBody(BaseModel):
+    session_hash: str
+    fn_index: int
+    event_id: str | None = None
+
+
 @dataclass
 class Event:
     id: str
     data: list[Any]
     root: str
     messages: asyncio.Queue[tuple[str, Any]] = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    task: asyncio.Task[dict[str, Any]] | None = None  # while it runs
 
 
 def _wanted_inputs() -> str:
@@ -231,12 +239,32 @@ class GlmImageWebUI:
     async def _worker(self, queue: asyncio.Queue[Event]) -> None:
         while True:
             event = await queue.get()
+            if event.cancelled:  # cancelled while queued: never runs
+                event.messages.put_nowait(("error", None))
+                continue
+            event.task = asyncio.ensure_future(self.process(event.data, event.root))
             try:
-                output = await self.process(event.data, event.root)
+                output = await asyncio.shield(event.task)
+            except asyncio.CancelledError:
+                if not event.task.cancelled():  # the worker itself is being stopped
+                    event.task.cancel()
+                    raise
+                event.messages.put_nowait(("error", None))
             except Exception:
                 event.messages.put_nowait(("error", None))
             else:
                 event.messages.put_nowait(("complete", output["data"]))
+            finally:
+                event.task = None
+
+    def cancel(self, event_id: str | None) -> None:
+        """``POST /cancel``: a queued event is dropped, a running one has its task cancelled (the GPU stops)."""
+        event = self.events.get(event_id or "")
+        if event is None:
+            return
+        event.cancelled = True
+        if event.task is not None:
+            event.task.cancel()
 
     def submit(self, data: list[Any], root: str) -> str:
         queue = self.ensure_started()
@@ -411,6 +439,12 @@ def _add_api_routes(app: FastAPI, webui: GlmImageWebUI, prefix: str, prefixed: b
         except FnIndexInferError:
             return PlainTextResponse("Internal Server Error", status_code=500)
         return JSONResponse({"event_id": webui.submit(body.data, _root(request, prefixed))})
+
+    @app.post(prefix + "/cancel")
+    async def cancel(body: CancelBody) -> dict[str, bool]:
+        # Gradio answers success whether or not the event existed (its cancel_tasks ignores unknown ids).
+        webui.cancel(body.event_id)
+        return {"success": True}
 
     @app.get(prefix + "/call/{api_name}/{event_id}")
     async def call_result(api_name: str, event_id: str) -> StreamingResponse:

@@ -35,10 +35,12 @@ from urllib.parse import urlparse
 
 import httpx
 from fastapi import FastAPI, HTTPException
+from fastapi.responses import PlainTextResponse
 from PIL import Image, ImageFilter, ImageStat, UnidentifiedImageError
 from pydantic import BaseModel
 
 from gateway.emulators.core import EmulatorOptions, SimulatedGPU
+from gateway.emulators.proxy import ProxyBasicAuth
 
 MODEL = "GLM-4.6V-Flash"
 MAX_IMAGE_CHARS = 10 * 1024 * 1024
@@ -258,7 +260,7 @@ def _open(data: bytes) -> Image.Image:
     return image
 
 
-def create_app(options: EmulatorOptions) -> FastAPI:
+def create_app(options: EmulatorOptions) -> Any:
     """The GLM-4.6V-Flash-WEB API service."""
     gpu = SimulatedGPU(options, default_model=MODEL)
     app = FastAPI(title="GLM-4.6V-Flash-WEB API", version="1.0.0")
@@ -269,8 +271,10 @@ def create_app(options: EmulatorOptions) -> FastAPI:
         return {"status": "healthy", "model": MODEL, "device": "cuda:0"}
 
     @app.post("/v1/multimodal/completions")
-    async def completions(request: CompletionRequest) -> dict[str, Any]:
+    async def completions(request: CompletionRequest) -> Any:
         image = await load_image(request.image)
+        if gpu.should_fail():  # a CUDA OOM escapes the route: Starlette's plain-text 500
+            return PlainTextResponse("Internal Server Error", status_code=500)
         facts = await asyncio.to_thread(analyse, image)
         content = truncate(describe(facts, request.prompt), request.max_new_tokens)
         completion = count_tokens(content)
@@ -290,4 +294,5 @@ def create_app(options: EmulatorOptions) -> FastAPI:
             },
         }
 
-    return app
+    # No authentication of its own; ``--auth`` puts it behind a proxy's HTTP Basic, as deployed.
+    return ProxyBasicAuth(app, options, realm="GLM-4.6V") if options.auth else app

@@ -21,7 +21,8 @@ Rules, from the seed (and where it is silent, what a FastAPI service of this sha
 * ``seed`` omitted or null: random. ``--fail-rate``: a CUDA OOM, which the service turns into 500
   ``{"detail": "Internal Server Error"}`` (the seed's error for OOM).
 * Concurrency: ``options.slots`` generations at once (the seed runs 4 client threads against one GPU); further
-  requests wait. No authentication (the seed reaches the service through an SSH tunnel only).
+  requests wait. No authentication of its own (the seed reaches the service through an SSH tunnel); with
+  ``--auth`` it sits behind a reverse proxy's HTTP Basic.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from fastapi import FastAPI, HTTPException
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from gateway.emulators.core import EmulatorOptions, SimulatedGPU, render_image_async, resolve_seed
+from gateway.emulators.proxy import ProxyBasicAuth
 
 MODEL = "Tongyi-MAI/Z-Image-Turbo"
 
@@ -68,7 +70,7 @@ def dit_forwards(num_inference_steps: int) -> int:
     return max(1, num_inference_steps - 1)
 
 
-def create_app(options: EmulatorOptions) -> FastAPI:
+def create_app(options: EmulatorOptions) -> Any:
     """The Z-Image-Turbo API service."""
     gpu = SimulatedGPU(options, default_model=MODEL)
     app = FastAPI(title="Z-Image-Turbo API", version="1.0.0")
@@ -97,4 +99,5 @@ def create_app(options: EmulatorOptions) -> FastAPI:
         )
         return {"image": base64.b64encode(data).decode()}
 
-    return app
+    # The service has no authentication of its own; ``--auth`` puts it behind a proxy's HTTP Basic, as deployed.
+    return ProxyBasicAuth(app, options, realm="Z-Image") if options.auth else app

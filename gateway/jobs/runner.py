@@ -118,12 +118,15 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
         async with transaction(res.sessionmaker) as session:
             await backends_repository.save_speed(session, backend, model, seconds, samples)
 
+    # The slot ledger's key: one per run, so that a run that lost its lease (still generating somewhere) and
+    # the run that took the job over never share, overwrite or release each other's slot.
+    run_key = f"{job.id}:{lease[:12]}"
     try:
         request = await _request_of(res, job)
         work = generation.generate(
             res.scheduler,
             request,
-            job_id=job.id,
+            job_id=run_key,
             progress=progress,
             on_placed=placed,
             on_speed=learned,
@@ -134,7 +137,7 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
         captions: list[Caption | None] = [None] * len(generated.images)
         if job.describe:
             captions, describe_notes = await _with_heartbeat(
-                res, job.id, lease, progress, deadline, describe_images(res.scheduler, job.id, generated.images)
+                res, job.id, lease, progress, deadline, describe_images(res.scheduler, run_key, generated.images)
             )
             notes += describe_notes
         assets = await _with_heartbeat(res, job.id, lease, progress, deadline, _store(res, job, generated, captions))

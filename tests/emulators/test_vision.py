@@ -164,3 +164,17 @@ async def test_missing_prompt_is_a_422_validation_error() -> None:
     async with emulator() as client:
         response = await client.post("/v1/multimodal/completions", json={"image": data_url(png((8, 8), "red"))})
     assert response.status_code == 422
+
+
+async def test_fail_rate_makes_completions_fail_with_a_plain_500() -> None:
+    async with emulator(fail_rate=1.0) as client:
+        response = await ask(client, data_url(png((32, 32), "red")))
+    assert (response.status_code, response.text) == (500, "Internal Server Error")
+
+
+async def test_with_auth_it_sits_behind_http_basic_like_a_proxied_service() -> None:
+    async with emulator(auth="gw:s3cret") as client:
+        anonymous = await client.get("/health")
+        right = await client.get("/health", auth=("gw", "s3cret"))
+    assert (anonymous.status_code, right.status_code) == (401, 200)
+    assert right.json()["status"] == "healthy"

@@ -122,3 +122,13 @@ async def test_fail_rate_one_is_500_internal_server_error_like_a_cuda_oom() -> N
     async with emulator(fail_rate=1.0) as client:
         response = await client.post("/v1/generate", json=SMALL)
     assert (response.status_code, response.json()) == (500, {"detail": "Internal Server Error"})
+
+
+async def test_with_auth_it_sits_behind_http_basic_like_a_proxied_service() -> None:
+    async with emulator(auth="gw:s3cret") as client:
+        anonymous = await client.post("/v1/generate", json=SMALL)
+        wrong = await client.post("/v1/generate", json=SMALL, auth=("gw", "nope"))
+        right = await client.post("/v1/generate", json=SMALL, auth=("gw", "s3cret"))
+    assert (anonymous.status_code, wrong.status_code, right.status_code) == (401, 401, 200)
+    assert anonymous.headers["www-authenticate"].startswith("Basic ")
+    assert decode(right.json()["image"]).size == (128, 64)

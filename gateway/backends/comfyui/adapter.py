@@ -38,6 +38,7 @@ from gateway.backends.base import (
     ProbeResult,
     ProgressCallback,
     image_of,
+    number_option,
     status_error,
     transport_error,
 )
@@ -68,9 +69,10 @@ class ComfyUIAdapter(Adapter):
     def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
         super().__init__(spec, client)
         self.use_websocket = bool(spec.options.get("websocket", True))
-        self.poll_seconds = float(spec.options.get("poll_seconds", 0.5))
+        self.poll_seconds = number_option(spec.options, "poll_seconds", 0.5)
         # A websocket quiet this long: check /history in case its end was missed.
-        self.ws_silence_seconds = float(spec.options.get("ws_silence_seconds", 5.0))
+        self.ws_silence_seconds = number_option(spec.options, "ws_silence_seconds", 5.0)
+        wf.check_all(spec.options.get("workflows"))
         self.filename_prefix = str(spec.options.get("filename_prefix", "imagegate"))
         self._checkpoints: dict[str, str] | None = None  # model name (and file name) -> ckpt_name
         self._loaded: str | None = None  # model of the last successful run (ComfyUI keeps it in memory)
@@ -79,6 +81,8 @@ class ComfyUIAdapter(Adapter):
 
     def adjust(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
         """Latents are 1/8 of the image, so sizes are multiples of 8; A1111 sampler names become ComfyUI's."""
+        if request.mask is not None:  # refused before placement when no inpainting workflow is configured
+            wf.select(self.spec.options.get("workflows"), request.model, "inpaint")
         notes: list[str] = []
         width, height = (max(16, (v + 4) // 8 * 8) for v in (request.width, request.height))  # half up
         if (width, height) != (request.width, request.height):

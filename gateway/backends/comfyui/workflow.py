@@ -59,6 +59,19 @@ def select(workflows: Mapping[str, Any] | None, model: str | None, mode: str) ->
     return builtin(mode), False
 
 
+def check_all(workflows: Any) -> None:
+    """Refuse configured workflows that could never run (ValueError naming the key), when the backend is added."""
+    if workflows is None:
+        return
+    if not isinstance(workflows, dict):
+        raise ValueError("workflows must be an object: model name (or '*', 'img2img:*', ...) -> workflow")
+    for key, value in workflows.items():
+        try:
+            parse(value, key)
+        except BackendError as exc:
+            raise ValueError(exc.message) from None
+
+
 def parse(value: Any, key: str) -> Workflow:
     """A configured workflow (a dict or its JSON text), checked to be in API format."""
     if isinstance(value, str):

@@ -37,10 +37,10 @@ from starlette.websockets import WebSocket
 from gateway.emulators.comfyui.executor import SENSITIVE_EXTRA_DATA_KEYS, Executor, Hub, PromptQueue, QueueItem
 from gateway.emulators.comfyui.files import FOLDER_TYPES, FileStore, PathEscape, content_type, normalise_subfolder
 from gateway.emulators.comfyui.nodes import Env
-from gateway.emulators.comfyui.proxy import ProxyBasicAuth
 from gateway.emulators.comfyui.registry import LORAS, NODES, VAES, checkpoint_names
 from gateway.emulators.comfyui.validation import validate_prompt
 from gateway.emulators.core import EmulatorOptions, SimulatedGPU, render_image
+from gateway.emulators.proxy import ProxyBasicAuth
 
 VERSION = "0.3.40"
 AIOHTTP_500 = "500 Internal Server Error\n\nServer got itself in trouble"

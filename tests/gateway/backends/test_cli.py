@@ -53,7 +53,7 @@ async def test_add_probes_the_server_prints_json_and_never_shows_the_password(en
 def test_add_no_probe_then_disable_enable_and_remove(env: dict[str, str]) -> None:
     url = "http://10.255.255.1:7860"  # never contacted
     added = _json(
-        env, "add", "gpu-01", "--kind", "a1111", "--url", url, "--slots", "2", "--models", "sd15, sdxl", "--no-probe"
+        env, "add", "gpu-01", "--kind", "comfyui", "--url", url, "--slots", "2", "--models", "sd15, sdxl", "--no-probe"
     )
     assert (added["health"], added["checked_at"], added["enabled"]) == ("unknown", None, True)
     assert (added["slots"], added["models"], added["auth_type"]) == (2, ["sd15", "sdxl"], "none")
@@ -74,6 +74,22 @@ def test_add_no_probe_then_disable_enable_and_remove(env: dict[str, str]) -> Non
     assert missing.returncode == 1
     assert "No backend named 'gpu-01'" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_settings_the_adapter_cannot_use_are_refused_with_the_field_and_add_nothing(env: dict[str, str]) -> None:
+    base = ["backends", "add", "gpu-01", "--url", "http://10.255.255.1:7860", "--no-probe"]
+    cases = [
+        (["--kind", "a1111", "--slots", "2"], "slots: a a1111 server runs one generation at a time"),
+        (["--kind", "a1111", "--options", '{"poll_seconds": "often"}'], "options: could not convert"),
+        (["--kind", "gradio", "--options", '{"protocol": "grpc"}'], "options: Gradio backend gpu-01: protocol"),
+        (["--kind", "comfyui", "--options", '{"workflows": {"*": {"nodes": [], "links": []}}}'], "UI format"),
+    ]
+    for extra, reason in cases:
+        result = cli(env, *base, *extra)
+        assert result.returncode == 1, (extra, result.stdout, result.stderr)
+        assert reason in result.stderr, (extra, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert _json(env, "list") == []
 
 
 def test_bad_input_exits_2_with_a_one_line_reason_and_adds_nothing(env: dict[str, str]) -> None:

@@ -217,6 +217,58 @@ async def test_a_bad_create_body_is_422_naming_the_field_and_creates_nothing(
     assert await _names(embedded, admin) == ["existing"]
 
 
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"slots": 2}, "slots"),
+        ({"options": {"poll_seconds": "often"}}, "options"),
+        ({"options": {"poll_seconds": -1}}, "options"),
+        ({"options": {"poll_seconds": None}}, "options"),
+    ],
+)
+async def test_a1111_settings_its_adapter_cannot_use_are_422_and_change_nothing(
+    embedded: Stack, admin: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    refused = await embedded.client.post(ROUTE, json=_body(GOOD_URL, **body), headers=admin, params={"probe": "false"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["details"][0]["field"] == field
+    assert await _names(embedded, admin) == []
+    await _create(embedded, admin, _body(GOOD_URL), probe=False)
+    patched = await embedded.client.patch(f"{ROUTE}/gpu-01", json=body, headers=admin)
+    assert patched.status_code == 422, patched.text
+    row = await _row(embedded, "gpu-01")
+    assert (row.slots, row.options) == (1, {})
+
+
+async def test_comfyui_workflows_that_could_never_run_are_refused_when_added(
+    embedded: Stack, admin: dict[str, str]
+) -> None:
+    ui_format = {"nodes": [], "links": []}
+    body = _body(GOOD_URL, kind="comfyui", options={"workflows": {"*": ui_format}})
+    refused = await embedded.client.post(ROUTE, json=body, headers=admin, params={"probe": "false"})
+    assert refused.status_code == 422
+    assert "UI format" in refused.json()["error"]["message"]
+    assert await _names(embedded, admin) == []
+
+
+async def test_a_server_answering_outside_the_protocol_is_unhealthy_not_a_500(
+    embedded: Stack, admin: dict[str, str]
+) -> None:
+    async def not_comfyui(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":  # no lifespan
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        body = (
+            b'{"CheckpointLoaderSimple": {"input": ["not", "a", "dict"]}}' if "object_info" in scope["path"] else b"{}"
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async with serve_asgi(not_comfyui) as url:
+        created = await _create(embedded, admin, _body(url, kind="comfyui", auth=None))
+    assert created["health"] == "unhealthy"
+    assert created["health_error"]
+
+
 async def test_a_bad_patch_body_is_422_and_changes_nothing(embedded: Stack, admin: dict[str, str]) -> None:
     before = await _create(embedded, admin, _body(GOOD_URL), probe=False)
     for patch, field in [({"slots": 0}, "slots"), ({"url": "ftp://x.y/z"}, "url"), ({"name": "other"}, "name")]:
@@ -236,7 +288,7 @@ async def test_the_password_never_leaves_the_gateway_and_is_sealed_in_the_databa
     created = await embedded.client.post(ROUTE, json=_body(webui), headers=admin)
     got = await embedded.client.get(f"{ROUTE}/gpu-01", headers=admin)
     listed = await embedded.client.get(ROUTE, headers=admin)
-    patched = await embedded.client.patch(f"{ROUTE}/gpu-01", json={"slots": 2}, headers=admin)
+    patched = await embedded.client.patch(f"{ROUTE}/gpu-01", json={"timeout_seconds": 60}, headers=admin)
     probed = await embedded.client.post(f"{ROUTE}/gpu-01/probe", headers=admin)
     for response in (created, got, listed, patched, probed):
         assert response.status_code in (200, 201), response.text
@@ -298,7 +350,9 @@ async def test_list_shows_every_backend_by_name(embedded: Stack, admin: dict[str
 
 
 async def test_get_returns_one_backend_and_404_for_an_unknown_name(embedded: Stack, admin: dict[str, str]) -> None:
-    created = await _create(embedded, admin, _body(GOOD_URL, models=["a", "b", "a"], slots=3), probe=False)
+    created = await _create(
+        embedded, admin, _body(GOOD_URL, models=["a", "b", "a"], slots=3, kind="comfyui"), probe=False
+    )
     got = await embedded.client.get(f"{ROUTE}/gpu-01", headers=admin)
     assert got.status_code == 200
     assert got.json() == created
@@ -324,7 +378,7 @@ async def test_patch_enabled_false_disables_it_and_moves_updated_at(embedded: St
 
 
 async def test_patch_changes_only_the_given_fields(embedded: Stack, admin: dict[str, str]) -> None:
-    await _create(embedded, admin, _body(GOOD_URL, models=["sd15"]), probe=False)
+    await _create(embedded, admin, _body(GOOD_URL, models=["sd15"], kind="comfyui"), probe=False)
     body = {"url": "https://gpu.example.com/a1111/", "slots": 4, "timeout_seconds": 30}
     patched = (await embedded.client.patch(f"{ROUTE}/gpu-01", json=body, headers=admin)).json()
     assert (patched["url"], patched["slots"], patched["timeout_seconds"]) == ("https://gpu.example.com/a1111", 4, 30)

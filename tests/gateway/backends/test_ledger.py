@@ -112,3 +112,29 @@ async def test_concurrent_holders_never_exceed_slots(ledgers: list[Ledger]) -> N
 
     await asyncio.gather(*(job(ledgers[i % 2], f"job{i}") for i in range(20)))
     assert peak == 2
+
+
+async def test_a_waiter_that_keeps_asking_keeps_its_place_beyond_the_waiting_ttl(ledgers: list[Ledger]) -> None:
+    a, b = ledgers
+    await _queue(a, "gpu", "running")
+    assert await a.acquire("gpu", "running", 1, 5.0)
+    await _queue(b, "gpu", "patient")
+    for _ in range(6):  # 1.2 s of asking, the waiting ttl is 0.5 s
+        assert await b.acquire("gpu", "patient", 1, 5.0) is False
+        await asyncio.sleep(0.2)
+    await a.release("gpu", "running")
+    assert await b.acquire("gpu", "patient", 1, 5.0) is True
+
+
+async def test_a_place_between_two_others_is_served_between_them(ledgers: list[Ledger]) -> None:
+    a, b = ledgers
+    await a.reserve("gpu", "first", 1.0, 10)
+    await a.reserve("gpu", "last", 1.0, 11)
+    await b.reserve("gpu", "between", 1.0, 10.5)
+    _, snap = await b.snapshot(["gpu"])
+    assert {e.job: e.seq for e in snap["gpu"]} == {"first": 10, "between": 10.5, "last": 11}
+    assert await b.acquire("gpu", "between", 1, 5.0) is False
+    assert await a.acquire("gpu", "first", 1, 5.0) is True
+    await a.release("gpu", "first")
+    assert await a.acquire("gpu", "last", 1, 5.0) is False
+    assert await b.acquire("gpu", "between", 1, 5.0) is True

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 
@@ -258,3 +260,23 @@ async def test_a_server_error_is_retryable() -> None:
             await adapter.aclose()
     assert (caught.value.code, caught.value.retryable) == ("backend_error", True)
     assert "The server had an error" in caught.value.message
+
+
+async def test_cancel_closes_the_call_at_once() -> None:
+    # The Images API has no interrupt: closing the connection is all a client can do, and it must be prompt.
+    app = _emulator(step_ms=10000, models=["sdxl-turbo"])  # 64x96: 2 images take over 2 s
+    gpu = app.state.server.gpu  # type: ignore[attr-defined]
+    async with serve_asgi(app) as url:
+        adapter = _adapter(url)
+        try:
+            task = asyncio.create_task(adapter.generate(REQUEST, _noop))
+            while not gpu.running:
+                await asyncio.sleep(0.01)
+            began = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - began < 0.5
+            assert gpu.completed == 0
+        finally:
+            await adapter.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -257,17 +258,33 @@ async def test_round_robin_baseline_ignores_speed(tmp_path: Path) -> None:
     assert sorted(backends) == ["a", "a", "b", "b"]
 
 
-async def test_the_preview_renderer_is_only_a_fallback_for_models_no_gpu_serves(tmp_path: Path) -> None:
+def _with_preview(scheduler: Scheduler, models: str) -> None:
     from gateway.backends.preview import PreviewAdapter, preview_spec
 
-    scheduler = make_scheduler(tmp_path)
-    spec = preview_spec()
+    spec = preview_spec(models=models)
     scheduler.pool.entries["preview"] = PoolEntry(
         spec=spec, adapter=PreviewAdapter(spec), breaker=CircuitBreaker(3, 30)
     )
+
+
+async def test_the_any_model_preview_serves_everything_only_while_there_is_no_gpu(tmp_path: Path) -> None:
+    scheduler = make_scheduler(tmp_path)
+    _with_preview(scheduler, "*")
+    assert [e.name for e in scheduler.pool.candidates("flux")] == ["preview"]
     add(scheduler, "gpu", models=("sdxl",))
     assert [e.name for e in scheduler.pool.candidates("sdxl")] == ["gpu"]
-    assert [e.name for e in scheduler.pool.candidates("flux")] == ["preview"]
+    assert scheduler.pool.candidates("flux") == []
+    with pytest.raises(BackendError) as caught:
+        await run(scheduler, replace(REQUEST, model="flux"))
+    assert caught.value.code == "no_backend" and "'flux'" in caught.value.message
+
+
+async def test_a_preview_with_named_models_stays_their_fallback_beside_gpus(tmp_path: Path) -> None:
+    scheduler = make_scheduler(tmp_path)
+    _with_preview(scheduler, "draft,sdxl")
+    add(scheduler, "gpu", models=("sdxl",))
+    assert [e.name for e in scheduler.pool.candidates("sdxl")] == ["gpu"]
+    assert [e.name for e in scheduler.pool.candidates("draft")] == ["preview"]
 
 
 async def test_the_switch_cost_follows_the_model_of_the_last_job_in_line(tmp_path: Path) -> None:
@@ -284,3 +301,88 @@ async def test_the_switch_cost_follows_the_model_of_the_last_job_in_line(tmp_pat
     await scheduler.ledger.reserve("a", "queued-sdxl", 1.0, 0, model_key("sdxl"))
     async with scheduler.slot(Work("job", "sd15", 1.0)) as entry:
         assert entry.name == "b"  # a: 1 s wait + 5 s switch + 1 s = 7 s; b: 5 s switch + 1 s = 6 s
+
+
+class Text2ImageOnly(FakeAdapter):
+    """Refuses image-to-image in ``adjust``, as Z-Image-Turbo and the GLM-Image WebUI do."""
+
+    def adjust(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
+        if request.init_image is not None:
+            raise BackendError(f"Backend {self.name} only does text-to-image.", code="backend_rejected")
+        return request, []
+
+
+def add_text2image_only(scheduler: Scheduler, name: str) -> PoolEntry:
+    spec = BackendSpec(name=name, kind="fake", url="http://127.0.0.1:9")
+    entry = PoolEntry(spec=spec, adapter=Text2ImageOnly(spec), breaker=CircuitBreaker(3, 30.0))
+    scheduler.pool.entries[name] = entry
+    return entry
+
+
+async def test_a_backend_that_cannot_run_the_request_is_passed_over(tmp_path: Path) -> None:
+    scheduler = make_scheduler(tmp_path)
+    fast = add_text2image_only(scheduler, "fast")
+    slow = add(scheduler, "slow")
+    scheduler.pool.speeds.record("fast", None, 0.01, 1.0)
+    scheduler.pool.speeds.record("slow", None, 10.0, 1.0)
+    result = await run(scheduler, replace(REQUEST, init_image=b"png"))
+    assert result.backend == "slow" and fake(slow).ran and not fake(fast).ran
+    assert (await run(scheduler)).backend == "fast"
+
+
+async def test_when_no_backend_can_run_the_request_the_job_says_why(tmp_path: Path) -> None:
+    scheduler = make_scheduler(tmp_path)
+    add_text2image_only(scheduler, "z")
+    with pytest.raises(BackendError) as caught:
+        await run(scheduler, replace(REQUEST, init_image=b"png"))
+    assert caught.value.code == "backend_rejected"
+    assert "only does text-to-image" in caught.value.message
+
+
+async def _waiting_position(scheduler: Scheduler, job: str, model: str) -> float:
+    """Start ``job`` placing itself on the only backend (whose slot is taken) and read its place in line."""
+    task = asyncio.create_task(run(scheduler, replace(REQUEST, model=model), job_id=job))
+    for _ in range(200):
+        _, snap = await scheduler.ledger.snapshot(["a"])
+        mine = [e for e in snap["a"] if e.job == job]
+        if mine:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return mine[0].seq
+        await asyncio.sleep(0.01)
+    raise AssertionError("the job never reserved a place")
+
+
+async def test_a_job_joins_the_run_of_its_model_in_line_instead_of_paying_a_switch(tmp_path: Path) -> None:
+    from gateway.backends.ledger import model_key
+
+    scheduler = make_scheduler(tmp_path)
+    add(scheduler, "a", models=("sd15", "sdxl"))
+    ledger = scheduler.ledger
+    await ledger.reserve("a", "running", 1.0, await ledger.next_seq(), model_key("sdxl"))
+    assert await ledger.acquire("a", "running", 1, 30.0)
+    sd15 = await ledger.next_seq()
+    sdxl = await ledger.next_seq()
+    await ledger.reserve("a", "queued-sd15", 1.0, sd15, model_key("sd15"))
+    await ledger.reserve("a", "queued-sdxl", 1.0, sdxl, model_key("sdxl"))
+    position = await _waiting_position(scheduler, "new-sd15", "sd15")
+    assert sd15 < position < sdxl  # right behind the other sd15 job: two switches saved, one job passed
+
+
+async def test_a_job_never_passes_one_that_has_waited_much_longer(tmp_path: Path) -> None:
+    from gateway.backends import scheduler as module
+    from gateway.backends.ledger import model_key
+
+    scheduler = make_scheduler(tmp_path)
+    add(scheduler, "a", models=("sd15", "sdxl"))
+    ledger = scheduler.ledger
+    await ledger.reserve("a", "running", 1.0, await ledger.next_seq(), model_key("sdxl"))
+    assert await ledger.acquire("a", "running", 1, 30.0)
+    await ledger.reserve("a", "queued-sd15", 1.0, await ledger.next_seq(), model_key("sd15"))
+    old_sdxl = await ledger.next_seq()
+    await ledger.reserve("a", "old-sdxl", 1.0, old_sdxl, model_key("sdxl"))
+    for _ in range(module._JUMP_WINDOW + 1):  # many placements since the sdxl job started waiting
+        await ledger.next_seq()
+    position = await _waiting_position(scheduler, "new-sd15", "sd15")
+    assert position > old_sdxl

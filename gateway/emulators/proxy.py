@@ -1,9 +1,10 @@
 """HTTP Basic in front of a server that has no auth of its own, the way a reverse proxy (nginx) adds it.
 
-Real ComfyUI has no authentication and Gradio's own is a login form with cookies; deployments put them behind
-``auth_basic``. With ``--auth user:pass`` the emulators do the same on every route, websockets included: a
-missing or wrong ``Authorization: Basic`` answers 401 with ``WWW-Authenticate: Basic realm="..."`` and nginx's
-HTML body; a refused websocket handshake answers that same 401 (or closes, if the server cannot send a body).
+Real ComfyUI, the Z-Image and GLM-4.6V services have no authentication, and Gradio's own is a login form with
+cookies; deployments put them behind ``auth_basic``. With ``--auth user:pass`` the emulators do the same on every
+route, websockets included: a missing or wrong ``Authorization: Basic`` answers 401 with ``WWW-Authenticate:
+Basic realm="..."`` and nginx's HTML body; a refused websocket handshake answers that same 401 (or closes, if the
+server cannot send a body).
 """
 
 from __future__ import annotations
