@@ -223,7 +223,14 @@ class Adapter(abc.ABC):
     def __init__(self, spec: BackendSpec, client: httpx.AsyncClient | None = None) -> None:
         self.spec = spec
         self.name = spec.name
-        self.client = client if client is not None else make_client(spec)
+        self._client = client
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """The backend's HTTP client, made on first use (an adapter refused for its options never opens one)."""
+        if self._client is None:
+            self._client = make_client(self.spec)
+        return self._client
 
     def adjust(self, request: GenerationRequest) -> tuple[GenerationRequest, list[str]]:
         """Bring a request within what this backend accepts (e.g. Z-Image-Turbo: 8 steps, guidance 0, sizes in
@@ -245,4 +252,5 @@ class Adapter(abc.ABC):
 
     async def aclose(self) -> None:
         """Release connections."""
-        await self.client.aclose()
+        if self._client is not None:
+            await self._client.aclose()

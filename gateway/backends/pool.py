@@ -82,6 +82,7 @@ class BackendPool:
         self.entries: dict[str, PoolEntry] = {}
         self._task: asyncio.Task[None] | None = None
         self._retired: list[Adapter] = []
+        self._unusable: dict[str, BackendSpec] = {}  # rows whose adapter could not be built, as they were
         for spec in self._builtin:
             self._put(spec)
 
@@ -130,11 +131,15 @@ class BackendPool:
         for name, spec in specs.items():
             if name in self.entries:
                 continue
+            if self._unusable.get(name) == spec:
+                continue  # said once; tried again when the row changes
             try:
                 entry = self._put(spec)
             except Exception as exc:  # one unusable row (e.g. options written by hand) must not hide the rest
+                self._unusable[name] = spec
                 log.error("backend.unusable", backend=name, error=f"{type(exc).__name__}: {exc}")
                 continue
+            self._unusable.pop(name, None)
             known = by_name.get(name)
             if known is not None:  # what the last probe (of any process) learned, until this process probes
                 entry.discovered = known.discovered_models

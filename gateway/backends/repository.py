@@ -10,6 +10,7 @@ from sqlmodel import col, select
 
 from gateway.backends.base import BackendAuth, BackendSpec
 from gateway.backends.models import Backend, BackendSpeed
+from gateway.backends.registry import adapter_class
 from gateway.common.crypto import SecretBox
 from gateway.common.time import utcnow
 
@@ -74,12 +75,15 @@ def spec_of(row: Backend, box: SecretBox) -> BackendSpec:
         auth = BackendAuth(kind="bearer", token=secret)
     else:
         auth = BackendAuth()
+    # A row written before a kind's slot limit (or by hand) still never gets more than the protocol can use.
+    limit = adapter_class(row.kind).max_slots
+    slots = row.slots if limit is None else min(row.slots, limit)
     return BackendSpec(
         name=row.name,
         kind=row.kind,
         url=row.url,
         auth=auth,
-        slots=row.slots,
+        slots=slots,
         models=tuple(row.models),
         options=dict(row.options),
         timeout_seconds=row.timeout_seconds,

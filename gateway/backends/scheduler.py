@@ -103,8 +103,8 @@ class Scheduler:
     def _position(entries: list[Entry], seq: float, work: Work) -> float:
         """Where in a backend's line the job waits: at its own place ``seq`` (first come, first served), or
         right behind the last waiting job of its model when that is earlier, so that jobs of one model run
-        back to back instead of paying a checkpoint switch each (twice: there and back). It only ever passes
-        jobs that came at most ``_JUMP_WINDOW`` places after it: an older job is never overtaken this way."""
+        back to back instead of paying a checkpoint switch each (twice: there and back). It only passes jobs
+        that arrived at most ``_JUMP_WINDOW`` places before it: a job that has waited longer is never overtaken."""
         key = model_key(work.model)
         waiting = sorted((e for e in entries if e.started is None and e.job != work.job_id), key=lambda e: e.seq)
         same = [e for e in waiting if e.model == key and e.seq < seq]
@@ -114,7 +114,8 @@ class Scheduler:
         passed = [e for e in waiting if anchor.seq < e.seq < seq]
         if not passed or any(e.seq < seq - _JUMP_WINDOW for e in passed):
             return seq
-        return (anchor.seq + passed[0].seq) / 2
+        middle = (anchor.seq + passed[0].seq) / 2
+        return middle if anchor.seq < middle < passed[0].seq else seq  # no room left between them: keep its place
 
     def _start_estimate(
         self, entry: PoolEntry, entries: list[Entry], now: float, seq: float, job: str
@@ -144,15 +145,25 @@ class Scheduler:
         return start + duration, duration, position
 
     def _choose(
-        self, healthy: list[PoolEntry], snap: dict[str, tuple[float, list[Entry]]], seq: int, work: Work
+        self,
+        healthy: list[PoolEntry],
+        snap: dict[str, tuple[float, list[Entry]]],
+        seq: int,
+        work: Work,
+        held: tuple[PoolEntry, float] | None = None,
     ) -> PoolEntry:
+        """The backend with the earliest expected finish; ``held`` (the backend the job waits on and its
+        position there) is scored where the job really is."""
         if self.settings.scheduler == "round_robin":
             ordered = sorted(healthy, key=lambda e: e.name)
             return ordered[next(self._round_robin) % len(ordered)]
-        return min(
-            healthy,
-            key=lambda e: (self._estimate(e, snap, seq, work, fixed=False)[0], e.loaded_model != work.model, e.name),
-        )
+
+        def finish(entry: PoolEntry) -> float:
+            if held is not None and entry is held[0]:
+                return self._estimate(entry, snap, held[1], work, fixed=True)[0]
+            return self._estimate(entry, snap, seq, work, fixed=False)[0]
+
+        return min(healthy, key=lambda e: (finish(e), e.loaded_model != work.model, e.name))
 
     @contextlib.asynccontextmanager
     async def slot(self, work: Work, exclude: frozenset[str] = frozenset()) -> AsyncIterator[PoolEntry]:
@@ -228,7 +239,8 @@ class Scheduler:
                     current.placed += 1
                     return current
                 if got is None:  # our place in line expired (a long stall): take it again
-                    duration = self.expected_seconds(current, work)
+                    snap = await self._snapshot([current])
+                    duration = self._estimate(current, snap, position, work, fixed=True)[1]
                     await ledger.reserve(current.name, work.job_id, duration, position, model_key(work.model))
                     continue
                 await ledger.changed(self.settings.scheduler_poll_seconds)
@@ -245,7 +257,8 @@ class Scheduler:
         if current is not None and current in healthy and self.settings.scheduler == "round_robin":
             return current, position
         snap = await self._snapshot(healthy)
-        best = self._choose(healthy, snap, seq, work)
+        held = (current, position) if current is not None and current in healthy else None
+        best = self._choose(healthy, snap, seq, work, held)
         if current is not None and current in healthy:
             stay = self._estimate(current, snap, position, work, fixed=True)[0]
             if best is current:

@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.backends import repository
@@ -33,15 +34,20 @@ def _invalid(field: str, message: str) -> ValidationFailed:
     return ValidationFailed(f"{field}: {message}", details=[{"field": field, "message": message}])
 
 
-async def _check_usable(row: Backend, box: SecretBox) -> None:
+async def _check_usable(row: Backend, box: SecretBox, *, slots: bool = True) -> None:
     """Refuse what the adapter cannot work with (options of the wrong type or value, more slots than the
     protocol can keep apart) before anything is written, so that a bad row never reaches the pool."""
     cls = adapter_class(row.kind)
-    if cls.max_slots is not None and row.slots > cls.max_slots:
+    if slots and cls.max_slots is not None and row.slots > cls.max_slots:
         raise _invalid("slots", f"a {row.kind} server runs one generation at a time: at most {cls.max_slots}")
+    spec = repository.spec_of(row, box)
     try:
-        adapter = build_adapter(repository.spec_of(row, box))
-    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        httpx.URL(spec.url)  # what the schema's pattern lets through but no client can use (a port "abc")
+    except httpx.InvalidURL as exc:
+        raise _invalid("url", str(exc)[:300]) from None
+    try:
+        adapter = build_adapter(spec)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise _invalid("options", str(exc)[:300] or type(exc).__name__) from None
     await adapter.aclose()
 
@@ -90,7 +96,8 @@ async def update_backend(session: AsyncSession, *, name: str, body: BackendUpdat
         row.enabled = body.enabled
     if body.timeout_seconds is not None:
         row.timeout_seconds = body.timeout_seconds
-    await _check_usable(row, box)
+    if given & {"url", "auth", "slots", "options", "timeout_seconds"}:  # enabling, disabling, models: always fine
+        await _check_usable(row, box, slots="slots" in given)
     row.updated_at = utcnow()
     await session.flush()
     return row

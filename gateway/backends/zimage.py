@@ -83,14 +83,16 @@ class ZImageAdapter(HttpAdapter):
         return (replace(request, **changes) if changes else request), notes
 
     def status_error(self, response: httpx.Response) -> BackendError:
-        """The service catches the pipeline's exceptions (a CUDA OOM above all) and answers exactly 500
-        ``{"detail": "Internal Server Error"}``: treated as out of memory, so that ``oom_fallback`` applies and a
-        large request does not open the circuit of a healthy server."""
+        """The service catches the pipeline's exceptions and answers exactly 500 ``{"detail": "Internal Server
+        Error"}``, a CUDA OOM above all (seed 003), but also a GPU left broken by one. So: ``out_of_memory``
+        (``oom_fallback`` applies) and retryable (without the fallback, or when the smaller try fails too, the
+        generation moves to another backend, and a server that keeps failing opens its circuit)."""
         if response.status_code == 500 and error_text(response) == "Internal Server Error":
             return BackendError(
                 f"Backend {self.name} failed the generation (500 Internal Server Error: the Z-Image service's "
                 "answer to a CUDA out-of-memory).",
                 code=OUT_OF_MEMORY,
+                retryable=True,
             )
         return super().status_error(response)
 

@@ -246,7 +246,8 @@ class GlmImageWebUI:
             try:
                 output = await asyncio.shield(event.task)
             except asyncio.CancelledError:
-                if not event.task.cancelled():  # the worker itself is being stopped
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():  # the worker itself is being stopped
                     event.task.cancel()
                     raise
                 event.messages.put_nowait(("error", None))

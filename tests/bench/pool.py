@@ -164,6 +164,7 @@ async def run_once(
                 "by_backend": by_backend,
                 "busy": {name: seconds / makespan for name, seconds in sorted(busy.items())},
                 "switches": _switches(finished),
+                "idle_at_end": _idle_at_end(finished),
                 "retried": sum(1 for j in finished if any("tried another backend" in n for n in j["notes"])),
             }
     finally:
@@ -182,6 +183,16 @@ async def _all_jobs(client: httpx.AsyncClient) -> list[dict[str, Any]]:
         cursor = page["next_cursor"]
         if not cursor:
             return jobs
+
+
+def _idle_at_end(jobs: list[dict[str, Any]]) -> dict[str, float]:
+    """Per backend: seconds between its last finished job and the last job of the run (the tail)."""
+    end = max(_ts(j["finished_at"]) for j in jobs)
+    last: dict[str, float] = {}
+    for job in jobs:
+        if job["backend"] and job["status"] == "succeeded":
+            last[job["backend"]] = max(last.get(job["backend"], 0.0), _ts(job["finished_at"]))
+    return {name: end - value for name, value in sorted(last.items())}
 
 
 def _switches(jobs: list[dict[str, Any]]) -> dict[str, int]:
@@ -234,7 +245,8 @@ def main() -> None:
             )
             print(f"{'':<28} {shares}", flush=True)
             switches = ", ".join(f"{name} {count}" for name, count in sorted(result["switches"].items()))
-            print(f"{'':<28} checkpoint switches: {switches}", flush=True)
+            idle = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in result["idle_at_end"].items())
+            print(f"{'':<28} checkpoint switches: {switches}; idle before the end: {idle}", flush=True)
 
 
 if __name__ == "__main__":

@@ -225,6 +225,13 @@ class Webui:
             if req.override_settings_restore_afterwards:
                 self.opts.update(stored)
 
+    @staticmethod
+    def _draw(
+        job: Job, first: int, size: tuple[int, int], texts: list[str], fmt: str, done: float
+    ) -> asyncio.Future[list[str]]:
+        """Draw one batch's pictures off the event loop (a future: it may start before sampling ends)."""
+        return asyncio.ensure_future(asyncio.to_thread(_draw_batch, job, first, size, texts, fmt, done))
+
     async def _sample(self, *, steps: int, width: int, height: int, batch: int, sampler: catalog.Sampler) -> float:
         """Spend one sampling pass on the GPU; returns how much of it was done (< 1 when interrupted/skipped)."""
         self.state.sampling_steps, self.state.sampling_step = steps, 0
@@ -269,9 +276,21 @@ class Webui:
             }
             if n == 0 and self.gpu.should_fail():
                 raise OutOfMemoryError(oom_message(out_w, out_h, job.batch_size))
-            done = await self._sample(
-                steps=job.sampling_steps, width=out_w, height=out_h, batch=job.batch_size, sampler=job.sampler
-            )
+            batch_texts = [
+                infotext(job, i, checkpoint=checkpoint, clip_skip=clip_skip)
+                for i in range(first, first + job.batch_size)
+            ]
+            # The pictures are drawn while the simulated sampler runs (on a GPU, decoding is part of the
+            # generation's time): the time a generation takes stays proportional to steps x pixels.
+            drawing = None if job.hires else self._draw(job, first, (out_w, out_h), batch_texts, fmt, 1.0)
+            try:
+                done = await self._sample(
+                    steps=job.sampling_steps, width=out_w, height=out_h, batch=job.batch_size, sampler=job.sampler
+                )
+            except BaseException:
+                if drawing is not None:
+                    drawing.cancel()
+                raise
             size = (out_w, out_h)
             if job.hires is not None and not st.interrupted:  # sample_hr_pass returns early when interrupted
                 if job.denoising_strength is None:  # setup_img2img_steps compares it with 0
@@ -284,25 +303,13 @@ class Webui:
                     done = await self._sample(
                         steps=hr_steps, width=hr_w, height=hr_h, batch=job.batch_size, sampler=job.sampler
                     )
-            for i in range(first, first + job.batch_size):
-                text = infotext(job, i, checkpoint=checkpoint, clip_skip=clip_skip)
-                texts.append(text)
-                init = job.init_images[(i - first) % len(job.init_images)] if job.init_images else None
-                outputs.append(
-                    await asyncio.to_thread(
-                        images.make_image,
-                        prompt=job.prompt,
-                        negative_prompt=job.negative_prompt,
-                        width=size[0],
-                        height=size[1],
-                        seed=job.all_seeds[i],
-                        fmt=fmt,
-                        infotext=text,
-                        done=done,
-                        init_image=init,
-                        denoising_strength=job.denoising_strength or 0.0,
-                    )
-                )
+            texts += batch_texts
+            if drawing is not None and done >= 1.0:
+                outputs += await drawing
+            else:  # a second pass changed the size, or the picture is unfinished (interrupted, skipped)
+                if drawing is not None:
+                    drawing.cancel()
+                outputs += await self._draw(job, first, size, batch_texts, fmt, done)
             st.nextjob()
         if not texts:
             texts.append(infotext(job, 0, checkpoint=checkpoint, clip_skip=clip_skip))
@@ -321,6 +328,28 @@ class Webui:
             clip_skip=clip_skip,
         )
         return outputs, result
+
+
+def _draw_batch(job: Job, first: int, size: tuple[int, int], texts: list[str], fmt: str, done: float) -> list[str]:
+    outputs = []
+    for offset, text in enumerate(texts):
+        i = first + offset
+        init = job.init_images[offset % len(job.init_images)] if job.init_images else None
+        outputs.append(
+            images.make_image(
+                prompt=job.prompt,
+                negative_prompt=job.negative_prompt,
+                width=size[0],
+                height=size[1],
+                seed=job.all_seeds[i],
+                fmt=fmt,
+                infotext=text,
+                done=done,
+                init_image=init,
+                denoising_strength=job.denoising_strength or 0.0,
+            )
+        )
+    return outputs
 
 
 def _grid(encoded: list[str], batch_size: int, fmt: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 import uvicorn
 from sqlmodel import select
 
+from gateway.backends import repository
 from gateway.backends.models import Backend
 from gateway.common.crypto import SecretBox
 from gateway.db.engine import transaction
@@ -238,6 +240,40 @@ async def test_a1111_settings_its_adapter_cannot_use_are_422_and_change_nothing(
     assert patched.status_code == 422, patched.text
     row = await _row(embedded, "gpu-01")
     assert (row.slots, row.options) == (1, {})
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"url": "http://10.0.0.5:abc"}, "url"),
+        ({"options": {"poll_seconds": 10**400}}, "options"),
+        ({"kind": "gradio", "options": {"fn_index": 1e308 * 10}}, "options"),
+    ],
+)
+async def test_values_the_pattern_lets_through_but_no_client_can_use_are_422(
+    embedded: Stack, admin: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    refused = await embedded.client.post(
+        ROUTE, content=json.dumps(_body(**{"url": GOOD_URL, **body})), headers={**admin, "content-type": "application/json"}
+    )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["details"][0]["field"] == field
+    assert await _names(embedded, admin) == []
+
+
+async def test_a_row_that_no_longer_passes_the_checks_can_still_be_disabled(
+    embedded: Stack, admin: dict[str, str]
+) -> None:
+    await _create(embedded, admin, _body(GOOD_URL), probe=False)
+    async with transaction(embedded.res.sessionmaker) as session:  # written before today's checks, or by hand
+        row = (await session.execute(select(Backend).where(Backend.name == "gpu-01"))).scalar_one()
+        row.slots, row.options = 2, {"poll_seconds": 0}
+    disabled = await embedded.client.patch(f"{ROUTE}/gpu-01", json={"enabled": False}, headers=admin)
+    assert disabled.status_code == 200, disabled.text
+    fixed = await embedded.client.patch(f"{ROUTE}/gpu-01", json={"options": {}}, headers=admin)
+    assert fixed.status_code == 200, fixed.text
+    spec = repository.spec_of(await _row(embedded, "gpu-01"), SecretBox(embedded.res.settings.secret_key))
+    assert spec.slots == 1, "the pool never uses more A1111 slots than the protocol allows"
 
 
 async def test_comfyui_workflows_that_could_never_run_are_refused_when_added(

@@ -153,7 +153,7 @@ async def test_a_non_zero_guidance_scale_is_rejected_by_the_server(adapter: ZIma
     assert (caught.value.code, caught.value.retryable) == ("backend_rejected", False)
 
 
-async def test_a_server_oom_is_out_of_memory_and_not_retried_as_is() -> None:
+async def test_a_server_oom_is_out_of_memory_and_may_move_to_another_backend() -> None:
     async with serve_asgi(_emulator(step_ms=2, fail_rate=1.0)) as url:
         adapter = _adapter(url)
         try:
@@ -161,7 +161,7 @@ async def test_a_server_oom_is_out_of_memory_and_not_retried_as_is() -> None:
                 await adapter.generate(TURBO, _noop)
         finally:
             await adapter.aclose()
-    assert (caught.value.code, caught.value.retryable) == ("out_of_memory", False)
+    assert (caught.value.code, caught.value.retryable) == ("out_of_memory", True)
     assert "Internal Server Error" in caught.value.message
 
 
