@@ -254,7 +254,9 @@ async def test_values_the_pattern_lets_through_but_no_client_can_use_are_422(
     embedded: Stack, admin: dict[str, str], body: dict[str, Any], field: str
 ) -> None:
     refused = await embedded.client.post(
-        ROUTE, content=json.dumps(_body(**{"url": GOOD_URL, **body})), headers={**admin, "content-type": "application/json"}
+        ROUTE,
+        content=json.dumps(_body(**{"url": GOOD_URL, **body})),
+        headers={**admin, "content-type": "application/json"},
     )
     assert refused.status_code == 422, refused.text
     assert refused.json()["error"]["details"][0]["field"] == field

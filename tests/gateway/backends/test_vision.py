@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
+import time
 from collections.abc import AsyncIterator
 
 import httpx
@@ -152,3 +154,40 @@ async def test_describe_of_an_empty_image_is_rejected_with_the_server_detail(ada
         await adapter.describe(b"", "image/png", "What is this?")
     assert (caught.value.code, caught.value.retryable) == ("backend_rejected", False)
     assert "(400)" in caught.value.message
+
+
+async def _vision_emulator(**options: object) -> object:
+    from gateway.emulators.core import EmulatorOptions
+    from gateway.emulators.vision import create_app
+
+    return create_app(EmulatorOptions(**options))  # type: ignore[arg-type]
+
+
+async def test_a_service_failure_is_a_retryable_backend_error() -> None:
+    async with serve_asgi(await _vision_emulator(step_ms=2, fail_rate=1.0)) as url:
+        adapter = _adapter(url)
+        try:
+            with pytest.raises(BackendError) as caught:
+                await adapter.describe(_png(), "image/png", DESCRIBE_PROMPT)
+        finally:
+            await adapter.aclose()
+    assert (caught.value.code, caught.value.retryable) == ("backend_error", True)
+
+
+async def test_cancel_closes_the_call_at_once() -> None:
+    # The service has no interrupt route: closing the connection is what a cancelled caption can do.
+    app = await _vision_emulator(step_ms=400)  # one answer: about 2 s of simulated GPU
+    gpu = app.state.gpu  # type: ignore[attr-defined]
+    async with serve_asgi(app) as url:
+        adapter = _adapter(url)
+        try:
+            task = asyncio.create_task(adapter.describe(_png(), "image/png", DESCRIBE_PROMPT))
+            while not gpu.running:
+                await asyncio.sleep(0.01)
+            began = time.monotonic()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - began < 0.5 and gpu.completed == 0
+        finally:
+            await adapter.aclose()
