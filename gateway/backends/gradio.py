@@ -108,7 +108,7 @@ class GradioAdapter(Adapter):
         if self.fn_index is None:
             with contextlib.suppress(BackendError, httpx.HTTPError, ValueError, TypeError, AttributeError):
                 self.fn_index = await self._discover_fn_index()
-        return ProbeResult(models=None, loaded_model=None)
+        return ProbeResult(models=list(self.default_models), loaded_model=None)  # its one model
 
     async def generate(self, request: GenerationRequest, progress: ProgressCallback) -> list[GeneratedImage]:
         if self._prefix is None:

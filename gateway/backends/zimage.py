@@ -102,7 +102,7 @@ class ZImageAdapter(HttpAdapter):
         paths = document.get("paths") if isinstance(document, dict) else None
         if not isinstance(paths, dict) or "/v1/generate" not in paths:
             raise malformed(self.name, "its OpenAPI document has no /v1/generate (not a Z-Image-Turbo service?)")
-        return ProbeResult(models=None, loaded_model=None)
+        return ProbeResult(models=list(self.default_models), loaded_model=None)  # its one model
 
     async def generate(self, request: GenerationRequest, progress: ProgressCallback) -> list[GeneratedImage]:
         # Defensive: a request that skipped ``adjust`` must still be valid for the service.

@@ -186,11 +186,11 @@ async def test_call_flow_streams_sse_and_fetches_one_image_per_seed() -> None:
     assert seen == [0.5, 1.0]
 
 
-async def test_probe_detects_gradio5_prefix_and_reports_no_models() -> None:
+async def test_probe_detects_gradio5_prefix_and_reports_its_one_model() -> None:
     recorder = Recorder(emulator())
     async with gradio(recorder) as adapter:
         result = await adapter.probe()
-        assert (result.models, result.loaded_model) == (None, None)
+        assert (result.models, result.loaded_model) == (["glm-image"], None)
         assert adapter.prefix == "/gradio_api" and adapter.fn_index == 0
 
 

@@ -127,7 +127,7 @@ async def adapter(server: str) -> AsyncIterator[ZImageAdapter]:
 
 async def test_probe_finds_the_generate_route_in_the_openapi_document(adapter: ZImageAdapter) -> None:
     result = await adapter.probe()
-    assert (result.models, result.loaded_model) == (None, None)
+    assert (result.models, result.loaded_model) == (["z-image-turbo"], None)
 
 
 async def test_generate_makes_n_images_of_the_size_and_consecutive_seeds(adapter: ZImageAdapter) -> None:
@@ -197,3 +197,13 @@ async def test_an_unreachable_server_is_a_retryable_unavailable_error() -> None:
     finally:
         await adapter.aclose()
     assert (caught.value.code, caught.value.retryable) == ("backend_unavailable", True)
+
+
+def test_without_configured_models_it_serves_its_one_model_only() -> None:
+    from gateway.backends.health import CircuitBreaker
+    from gateway.backends.pool import PoolEntry
+
+    spec = BackendSpec(name="zi", kind="zimage", url="http://127.0.0.1:9")
+    entry = PoolEntry(spec=spec, adapter=ZImageAdapter(spec), breaker=CircuitBreaker(3, 30.0))
+    assert entry.serves("z-image-turbo") and entry.serves(None)
+    assert not entry.serves("sdxl"), "an sdxl job must not get a Z-Image picture"
