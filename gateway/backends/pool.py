@@ -81,6 +81,9 @@ class BackendPool:
         self.speeds = speeds or SpeedBook()
         self.entries: dict[str, PoolEntry] = {}
         self._task: asyncio.Task[None] | None = None
+        # Held by every database call of the background loop: closing waits for it instead of cancelling a call
+        # mid-flight (an aiosqlite call cancelled that way outlives its event loop, or hangs its shutdown).
+        self._db = asyncio.Lock()
         self._retired: list[Adapter] = []
         self._unusable: dict[str, BackendSpec] = {}  # rows whose adapter could not be built, as they were
         for spec in self._builtin:
@@ -114,7 +117,7 @@ class BackendPool:
         """Re-read the backends table: build adapters for new or changed backends, close removed ones."""
         if self._sessionmaker is None:
             return
-        async with transaction(self._sessionmaker) as session:
+        async with self._db, transaction(self._sessionmaker) as session:
             rows = await repository.list_backends(session, enabled_only=True)
             speeds = await repository.list_speeds(session)
         specs = {spec.name: spec for spec in self._builtin}
@@ -173,7 +176,7 @@ class BackendPool:
         if self._sessionmaker is None or entry.spec.kind == "preview":
             return
         with contextlib.suppress(Exception):  # health is informative; a database hiccup must not stop probing
-            async with transaction(self._sessionmaker) as session:
+            async with self._db, transaction(self._sessionmaker) as session:
                 await repository.record_health(
                     session,
                     entry.name,
@@ -224,7 +227,8 @@ class BackendPool:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            self._task.cancel()
+            async with self._db:  # no database call in flight, and none starts: now cancelling is safe
+                self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for adapter in [*(e.adapter for e in self.entries.values()), *self._retired]:

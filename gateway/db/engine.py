@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+T = TypeVar("T")
+# Units of work a caller stopped waiting for (a timeout): referenced until they end, so they are not collected.
+_UNFINISHED: set[asyncio.Task[Any]] = set()
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
@@ -59,3 +64,43 @@ async def transaction(sessionmaker: async_sessionmaker[AsyncSession]) -> AsyncIt
         except BaseException:
             await session.rollback()
             raise
+
+
+async def committed(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    work: Callable[[AsyncSession], Awaitable[T]],
+    *,
+    give_up_after: float | None = None,
+) -> T:
+    """``work(session)`` in one transaction that cancelling the caller cannot cut in half.
+
+    A database call cancelled mid-flight is not stopped: its driver thread goes on, and on SQLite a
+    ``BEGIN IMMEDIATE`` that was waiting for the lock then holds the write lock with nobody left to commit or
+    roll back (every other writer waits out its busy timeout); aiosqlite can also hang the event loop's
+    shutdown. So the transaction runs in a task of its own: a cancelled caller waits for it to end, then is
+    cancelled; a caller whose ``give_up_after`` seconds pass stops waiting (TimeoutError) and the work ends on its own.
+    """
+
+    async def unit() -> T:
+        async with transaction(sessionmaker) as session:
+            return await work(session)
+
+    task = asyncio.ensure_future(unit())
+    try:
+        async with asyncio.timeout(give_up_after):
+            return await asyncio.shield(task)
+    except TimeoutError:
+        if not task.done():
+            _UNFINISHED.add(task)
+            task.add_done_callback(_settled)
+        raise
+    except asyncio.CancelledError:
+        await asyncio.wait({task})
+        _settled(task)
+        raise
+
+
+def _settled(task: asyncio.Task[Any]) -> None:
+    _UNFINISHED.discard(task)
+    if not task.cancelled():
+        task.exception()  # retrieved: the caller has moved on, and its outcome was logged where it mattered

@@ -6,11 +6,12 @@ worker that died mid-job (its lease expired), and fails jobs that exhausted thei
 
 from __future__ import annotations
 
+from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
 
-from gateway.db.engine import transaction
+from gateway.db.engine import committed
 from gateway.jobs import repository
 from gateway.jobs.queue import queue_ref
 
@@ -27,8 +28,10 @@ async def fail_exhausted(res: Resources) -> list[str]:
         failed = await repository.exhausted_ids(session, max_attempts=max_attempts)
     if not failed:
         return []
-    async with transaction(res.sessionmaker) as session:
-        failed = await repository.fail_exhausted(session, failed, max_attempts=max_attempts)
+    candidates = failed
+    failed = await committed(
+        res.sessionmaker, lambda session: repository.fail_exhausted(session, candidates, max_attempts=max_attempts)
+    )
     for job_id in failed:
         log.warning("job.failed", job_id=job_id, code="worker_lost")
     return failed
@@ -50,8 +53,7 @@ async def reconcile(res: Resources) -> list[str]:
             continue
         generation = int(job.queue_ref.rsplit(":", 1)[1]) + 1 if job.queue_ref else 0
         ref = queue_ref(job.id, generation)
-        async with transaction(res.sessionmaker) as session:
-            await repository.set_queue_ref(session, job.id, ref)
+        await committed(res.sessionmaker, partial(repository.set_queue_ref, job_id=job.id, ref=ref))
         await res.queue.enqueue(job.id, ref)
         requeued.append(job.id)
         log.info("job.requeued", job_id=job.id, ref=ref, status=job.status)

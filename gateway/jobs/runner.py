@@ -12,9 +12,11 @@ import secrets
 import time
 from collections.abc import Awaitable
 from contextlib import suppress
+from functools import partial
 from typing import TYPE_CHECKING, TypeVar
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.assets.convert import convert
 from gateway.assets.models import Asset
@@ -24,7 +26,7 @@ from gateway.backends import repository as backends_repository
 from gateway.backends.base import BackendError, GenerationRequest
 from gateway.backends.describe import Caption, describe_images
 from gateway.backends.generation import Generated
-from gateway.db.engine import transaction
+from gateway.db.engine import committed
 from gateway.jobs import repository
 from gateway.jobs.models import Job, JobStatus
 from gateway.systems.models import System
@@ -67,18 +69,21 @@ async def run_job(res: Resources, job_id: str) -> str:
     """Run the job once if it can be claimed; returns the outcome (for logs and tests)."""
     settings = res.settings
     lease = secrets.token_hex(16)
+
+    async def claim(session: AsyncSession) -> tuple[Job | None, System | None]:
+        claimed = await repository.claim(
+            session,
+            job_id,
+            owner=res.worker_id,
+            lease_token=lease,
+            ttl=settings.job_lease_seconds,
+            max_attempts=settings.job_max_attempts,
+        )
+        job = await repository.get(session, job_id) if claimed else None
+        return job, await session.get(System, job.system_id) if job else None
+
     with structlog.contextvars.bound_contextvars(job_id=job_id):
-        async with transaction(res.sessionmaker) as session:
-            claimed = await repository.claim(
-                session,
-                job_id,
-                owner=res.worker_id,
-                lease_token=lease,
-                ttl=settings.job_lease_seconds,
-                max_attempts=settings.job_max_attempts,
-            )
-            job = await repository.get(session, job_id) if claimed else None
-            system = await session.get(System, job.system_id) if job else None
+        job, system = await committed(res.sessionmaker, claim)
         if job is None:
             log.debug("job.skipped", reason="not claimable")
             return "skipped"
@@ -93,12 +98,9 @@ async def run_job(res: Resources, job_id: str) -> str:
             # A graceful shutdown hands the job back without counting the run; any other interruption (the
             # queue's own time limit) counts as an attempt, so that a job that always hangs ends as worker_lost.
             # Either way the job is claimable again at once.
+            hand_back = repository.release if res.stopping else repository.expire_lease
             with suppress(Exception):
-                async with transaction(res.sessionmaker) as session:
-                    if res.stopping:
-                        await repository.release(session, job_id, lease)
-                    else:
-                        await repository.expire_lease(session, job_id, lease)
+                await committed(res.sessionmaker, lambda session: hand_back(session, job_id, lease))
             log.info("job.interrupted", shutdown=res.stopping)
             raise
         log.info("job.finished", outcome=outcome)
@@ -111,12 +113,12 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
     notes: list[str] = []
 
     async def placed(backend: str) -> None:
-        async with transaction(res.sessionmaker) as session:
-            await repository.set_backend(session, job.id, lease, backend)
+        await committed(res.sessionmaker, lambda session: repository.set_backend(session, job.id, lease, backend))
 
     async def learned(backend: str, model: str | None, seconds: float, samples: int) -> None:
-        async with transaction(res.sessionmaker) as session:
-            await backends_repository.save_speed(session, backend, model, seconds, samples)
+        await committed(
+            res.sessionmaker, lambda session: backends_repository.save_speed(session, backend, model, seconds, samples)
+        )
 
     # The slot ledger's key: one per run, so that a run that lost its lease (still generating somewhere) and
     # the run that took the job over never share, overwrite or release each other's slot.
@@ -150,10 +152,15 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
     except Exception:
         log.exception("job.internal_error")
         return await _fail(res, job.id, lease, "internal_error", "An internal error stopped this job.", notes)
-    async with transaction(res.sessionmaker) as session:
+
+    async def succeed(session: AsyncSession) -> bool:
         if not await repository.finish(session, job.id, lease, status=JobStatus.succeeded, notes=notes):
-            raise _LeaseLost
+            return False
         session.add_all(assets)
+        return True
+
+    if not await committed(res.sessionmaker, succeed):
+        raise _LeaseLost
     return JobStatus.succeeded.value
 
 
@@ -187,10 +194,10 @@ async def _with_heartbeat(
                 raise BackendError(f"The job took longer than {settings.job_timeout_seconds} s.", code="timeout")
             try:
                 # Bounded: a stalled database must not keep us from noticing the deadline or a cancel.
-                async with asyncio.timeout(ttl / 2), transaction(res.sessionmaker) as session:
-                    held = await repository.heartbeat(
-                        session, job_id, lease, ttl=ttl, progress=min(progress.value, 0.99)
-                    )
+                beat = partial(
+                    repository.heartbeat, job_id=job_id, lease_token=lease, ttl=ttl, progress=min(progress.value, 0.99)
+                )
+                held = await committed(res.sessionmaker, beat, give_up_after=ttl / 2)
             except Exception:
                 if time.monotonic() - last_renewal > ttl * 0.8:
                     raise _LeaseLost from None
@@ -234,10 +241,12 @@ async def _store(res: Resources, job: Job, generated: Generated, captions: list[
 
 
 async def _fail(res: Resources, job_id: str, lease: str, code: str, message: str, notes: list[str]) -> str:
-    async with transaction(res.sessionmaker) as session:
-        done = await repository.finish(
+    done = await committed(
+        res.sessionmaker,
+        lambda session: repository.finish(
             session, job_id, lease, status=JobStatus.failed, error_code=code, error_message=message, notes=notes
-        )
+        ),
+    )
     if not done:
         raise _LeaseLost
     log.warning("job.failed", code=code, message=message)
