@@ -27,7 +27,6 @@ from gateway.backends.scheduler import NoCandidate, Scheduler, Work, estimated_p
 from gateway.backends.speeds import work_units
 
 log = structlog.get_logger("gateway.backends")
-_SETTLE_SECONDS = 10.0
 SpeedSink = Callable[[str, str | None, float, int], Awaitable[None]]
 PlacedSink = Callable[[str], Coroutine[Any, Any, None]]
 
@@ -121,12 +120,11 @@ async def generate(
 
 
 async def _settle(task: asyncio.Task[None]) -> None:
-    """Wait for a side task (a short database write). If we are being cancelled, it still finishes first:
-    a database call cancelled mid-flight outlives its event loop (aiosqlite) or hangs the shutdown."""
+    """Wait for a side task; if we are being cancelled, cancel it too (its database write is cancel-safe)."""
     try:
         await asyncio.shield(task)
     except asyncio.CancelledError:
-        await asyncio.wait({task}, timeout=_SETTLE_SECONDS)
+        task.cancel()
         raise
     except Exception:  # informative only: a database hiccup here must not throw away a finished generation
         log.warning("job.placement_not_recorded", exc_info=True)

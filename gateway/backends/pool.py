@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -15,11 +16,12 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.backends import repository
 from gateway.backends.base import Adapter, BackendError, BackendSpec
 from gateway.backends.health import CircuitBreaker
+from gateway.backends.models import Backend, BackendSpeed
 from gateway.backends.registry import build_adapter
 from gateway.backends.speeds import SpeedBook
 from gateway.common.crypto import SecretBox
 from gateway.config import Settings
-from gateway.db.engine import transaction
+from gateway.db.engine import committed
 
 log = structlog.get_logger("gateway.backends")
 
@@ -81,9 +83,6 @@ class BackendPool:
         self.speeds = speeds or SpeedBook()
         self.entries: dict[str, PoolEntry] = {}
         self._task: asyncio.Task[None] | None = None
-        # Held by every database call of the background loop: closing waits for it instead of cancelling a call
-        # mid-flight (an aiosqlite call cancelled that way outlives its event loop, or hangs its shutdown).
-        self._db = asyncio.Lock()
         self._retired: list[Adapter] = []
         self._unusable: dict[str, BackendSpec] = {}  # rows whose adapter could not be built, as they were
         for spec in self._builtin:
@@ -117,9 +116,12 @@ class BackendPool:
         """Re-read the backends table: build adapters for new or changed backends, close removed ones."""
         if self._sessionmaker is None:
             return
-        async with self._db, transaction(self._sessionmaker) as session:
-            rows = await repository.list_backends(session, enabled_only=True)
-            speeds = await repository.list_speeds(session)
+
+        async def load(session: AsyncSession) -> tuple[Sequence[Backend], Sequence[BackendSpeed]]:
+            return await repository.list_backends(session, enabled_only=True), await repository.list_speeds(session)
+
+        # committed(): closing the pool cancels this loop, and a database call must not be cut in half.
+        rows, speeds = await committed(self._sessionmaker, load)
         specs = {spec.name: spec for spec in self._builtin}
         by_name = {row.name: row for row in rows}
         for row in rows:
@@ -176,15 +178,15 @@ class BackendPool:
         if self._sessionmaker is None or entry.spec.kind == "preview":
             return
         with contextlib.suppress(Exception):  # health is informative; a database hiccup must not stop probing
-            async with self._db, transaction(self._sessionmaker) as session:
-                await repository.record_health(
-                    session,
-                    entry.name,
-                    healthy=error is None,
-                    error=error,
-                    models=entry.discovered,
-                    loaded_model=entry.loaded_model,
-                )
+            record = partial(
+                repository.record_health,
+                name=entry.name,
+                healthy=error is None,
+                error=error,
+                models=entry.discovered,
+                loaded_model=entry.loaded_model,
+            )
+            await committed(self._sessionmaker, record)
 
     def failed(self, entry: PoolEntry, error: BackendError) -> None:
         """A job's call failed through the backend's fault (retryable error)."""
@@ -227,8 +229,7 @@ class BackendPool:
 
     async def aclose(self) -> None:
         if self._task is not None:
-            async with self._db:  # no database call in flight, and none starts: now cancelling is safe
-                self._task.cancel()
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         for adapter in [*(e.adapter for e in self.entries.values()), *self._retired]:
