@@ -67,6 +67,30 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     max_body_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, description="Largest request body accepted.")
+    cors_origins: str = Field(default="", description="Origins allowed by CORS (comma-separated); empty: CORS off.")
+
+    outbound_allowlist: str = Field(
+        default="",
+        description="Internal hosts caller-given URLs may reach anyway (comma-separated host names and CIDRs).",
+    )
+    outbound_timeout_seconds: float = Field(default=10.0, gt=0, description="Connect/read timeout of outbound calls.")
+    outbound_max_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1024, description="Largest response body read from a caller-given URL."
+    )
+
+    oauth_issuer: str = Field(default="imagegate", description="The `iss` of issued access tokens.")
+    oauth_audience: str = Field(default="imagegate-api", description="The `aud` of issued access tokens.")
+    oauth_token_ttl_seconds: int = Field(default=600, ge=60, le=3600, description="Lifetime of an access token.")
+
+    quota_seconds_per_megapixel_step: float = Field(
+        default=0.05,
+        gt=0,
+        description="GPU-seconds per megapixel per step, for the estimate a job reserves against its quota.",
+    )
+    content_semantic: bool = Field(
+        default=False, description="Second content-filter stage: a sentence-embedding check for paraphrases."
+    )
+    content_semantic_threshold: float = Field(default=0.6, gt=0, le=1)
 
     @field_validator("redis_url", "public_url", mode="before")
     @classmethod
