@@ -97,6 +97,14 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if value == "" else value
 
+    @field_validator("outbound_allowlist")
+    @classmethod
+    def _allowlist_parses(cls, value: str) -> str:
+        from policies.ssrf import OutboundPolicy
+
+        OutboundPolicy.from_setting(value)  # a typo in a host or CIDR stops the start, with the entry named
+        return value
+
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:

@@ -8,20 +8,26 @@ from contextlib import asynccontextmanager
 import structlog
 from fastapi import APIRouter, Depends, FastAPI
 from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.middleware.cors import CORSMiddleware
 
 from gateway import handlers
 from gateway.assets.endpoints import router as assets_router
+from gateway.audit.endpoints import router as audit_router
 from gateway.auth.backend import ApiKeyBackend, unauthorized
 from gateway.auth.dependencies import authenticated
+from gateway.auth.endpoints import router as oauth_router
 from gateway.backends.endpoints import router as backends_router
 from gateway.config import Settings, get_settings
 from gateway.db.migrate import is_current, prepare_embedded
+from gateway.deps import strict_query
 from gateway.errors import error_responses
 from gateway.health.endpoints import router as health_router
 from gateway.jobs.endpoints import router as jobs_router
 from gateway.observability.logging import configure_logging
 from gateway.observability.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from gateway.quotas.endpoints import router as usage_router
 from gateway.resources import close_resources, open_resources
+from gateway.systems.endpoints import router as systems_router
 
 log = structlog.get_logger("gateway")
 
@@ -60,18 +66,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     handlers.install(app)
     # Added last = runs first: request id, then authentication of /v1 before any body is read.
     app.add_middleware(AuthenticationMiddleware, backend=ApiKeyBackend(), on_error=unauthorized)
+    origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+    if origins:  # off unless configured: browsers then refuse cross-origin calls
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key"],
+            max_age=600,
+        )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
 
     # Public routes live on their own router; everything under /v1 requires a valid token (fail closed).
     app.include_router(health_router)
+    app.include_router(oauth_router)
     v1 = APIRouter(
         prefix="/v1",
-        dependencies=[Depends(authenticated)],
-        responses=error_responses(400, 401, 403, 413, 422),
+        dependencies=[Depends(authenticated), Depends(strict_query)],
+        responses=error_responses(400, 401, 403, 413, 422, 429),
     )
     v1.include_router(jobs_router)
     v1.include_router(assets_router)
+    v1.include_router(usage_router)
+    v1.include_router(systems_router)
     v1.include_router(backends_router)
+    v1.include_router(audit_router)
     app.include_router(v1)
     return app

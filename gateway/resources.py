@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import socket
@@ -14,15 +15,20 @@ from redis.asyncio import ConnectionPool
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from gateway.assets.storage import LocalAssetStore
+from gateway.audit.service import AuditTrail
+from gateway.auth.access_tokens import AccessTokens
 from gateway.backends.base import BackendSpec
 from gateway.backends.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.backends.pool import BackendPool
 from gateway.backends.preview import preview_spec
 from gateway.backends.scheduler import Scheduler
+from gateway.common.outbound import OutboundClient
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_sessionmaker
 from gateway.jobs.embedded import EmbeddedRunner
 from gateway.jobs.queue import ArqQueue, EmbeddedQueue, JobQueue
+from gateway.quotas.ratelimit import RateLimiter
+from policies.semantic import SemanticCheck
 
 
 @dataclass
@@ -34,6 +40,11 @@ class Resources:
     store: LocalAssetStore
     pool: BackendPool
     worker_id: str
+    audit: AuditTrail
+    access_tokens: AccessTokens
+    rate_limiter: RateLimiter
+    outbound: OutboundClient  # the one way to fetch a URL a caller gave (SSRF guard)
+    semantic: SemanticCheck | None = None  # the content filter's second stage, when enabled
     queue: JobQueue = field(init=False)
     ledger: Ledger = field(init=False)
     scheduler: Scheduler = field(init=False)
@@ -60,7 +71,19 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
         store=LocalAssetStore(settings.asset_dir),
         pool=BackendPool(settings, sessionmaker, builtin=_builtin_backends(settings)),
         worker_id=f"{role}:{socket.gethostname()[:60]}:{os.getpid()}:{secrets.token_hex(3)}",
+        audit=AuditTrail(sessionmaker),
+        access_tokens=AccessTokens(
+            settings.secret_key,
+            issuer=settings.oauth_issuer,
+            audience=settings.oauth_audience,
+            ttl_seconds=settings.oauth_token_ttl_seconds,
+        ),
+        rate_limiter=RateLimiter.for_settings(settings),
+        outbound=OutboundClient.from_settings(settings),
     )
+    res.audit.start()
+    if settings.content_semantic and role == "api":
+        res.semantic = await _semantic_check(settings)
     settings.asset_dir.mkdir(parents=True, exist_ok=True)
     if settings.redis_url is not None:
         # Lazy connections: the API starts (and accepts jobs into the database) while Redis is down;
@@ -81,6 +104,14 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
     return res
 
 
+async def _semantic_check(settings: Settings) -> SemanticCheck:
+    """Load the embedding model once, at start (seconds), so that no request waits for it."""
+    from policies.semantic import SemanticCheck, load_default_embedder
+
+    embedder = await asyncio.to_thread(load_default_embedder)
+    return SemanticCheck(embedder, threshold=settings.content_semantic_threshold)
+
+
 def _builtin_backends(settings: Settings) -> list[BackendSpec]:
     if not settings.preview_backend:
         return []
@@ -91,6 +122,8 @@ def _builtin_backends(settings: Settings) -> list[BackendSpec]:
 async def close_resources(res: Resources) -> None:
     if res.runner is not None:
         await res.runner.stop()
+    await res.audit.aclose()
+    await res.outbound.aclose()
     await res.pool.aclose()
     if res.redis is not None:
         await res.redis.aclose()

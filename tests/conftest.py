@@ -61,7 +61,9 @@ def pg_database() -> Any:
 
 async def _truncate(res: Resources) -> None:
     async with transaction(res.sessionmaker) as session:
-        await session.execute(text("TRUNCATE assets, jobs, tokens, systems, backends, backend_speeds CASCADE"))
+        await session.execute(
+            text("TRUNCATE assets, jobs, tokens, systems, backends, backend_speeds, audit_events CASCADE")
+        )
 
 
 @dataclass
@@ -87,6 +89,10 @@ class Stack:
                 session, name=name or f"sys-{secrets.token_hex(3)}", scopes=scopes
             )
         return issued.secret
+
+    async def admin(self) -> str:
+        """A token of an operator's system holding the admin scope."""
+        return await self.system(f"ops-{secrets.token_hex(3)}", scopes="admin")
 
     async def submit(self, token: str, **body: Any) -> dict[str, Any]:
         body.setdefault("prompt", "a lighthouse on a cliff at dawn")

@@ -8,13 +8,17 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from gateway.audit.service import Actor
 from gateway.auth.backend import PrincipalUser
 from gateway.errors import Forbidden, Unauthorized
 from gateway.systems.service import Principal
 from policies.scopes import allows
 
 # Documents the scheme in OpenAPI (the "Authorize" button of /docs); the key itself is checked by the middleware.
-_bearer = HTTPBearer(auto_error=False, description="An API key (`igw_...`) of a calling system.")
+_bearer = HTTPBearer(
+    auto_error=False,
+    description="An API key (`igw_...`) of a calling system, or an OAuth2 access token from `POST /oauth/token`.",
+)
 
 
 async def authenticated(
@@ -35,7 +39,14 @@ class Authenticator:
         if not self.any_of:
             raise ValueError("a route must declare at least one scope")
 
-    async def __call__(self, principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
+    async def __call__(self, request: Request, principal: Annotated[Principal, Depends(authenticated)]) -> Principal:
         if not allows(principal.scopes, any_of=self.any_of):
-            raise Forbidden(f"This route needs one of the scopes: {', '.join(sorted(self.any_of))}.")
+            needed = ", ".join(sorted(self.any_of))
+            request.app.state.resources.audit.refused(
+                Actor.of(request, principal.system_name, principal.credential),
+                "scope.refused",
+                target=f"route:{request.method} {request.url.path}"[:200],
+                reason=f"needs one of: {needed}",
+            )
+            raise Forbidden(f"This route needs one of the scopes: {needed}.")
         return principal

@@ -11,6 +11,7 @@ import secrets
 import zlib
 
 TOKEN_PREFIX = "igw_"  # noqa: S105 - a public prefix, not a secret
+CLIENT_SECRET_PREFIX = "igs_"  # noqa: S105 - the prefix of OAuth2 client secrets
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _BODY_LEN = 43  # 43 base62 characters carry 256 bits
 _CHECK_LEN = 6
@@ -30,9 +31,9 @@ def _checksum(body: str) -> str:
     return _base62(zlib.crc32(body.encode()), _CHECK_LEN)
 
 
-def generate_token() -> str:
+def generate_token(prefix: str = TOKEN_PREFIX) -> str:
     body = _base62(secrets.randbits(256), _BODY_LEN)
-    return f"{TOKEN_PREFIX}{body}{_checksum(body)}"
+    return f"{prefix}{body}{_checksum(body)}"
 
 
 def well_formed(token: str) -> bool:

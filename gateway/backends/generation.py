@@ -37,6 +37,7 @@ class Generated:
     backend: str
     request: GenerationRequest  # what was finally sent (after adjustments and fallbacks)
     notes: list[str]
+    gpu_seconds: float = 0.0  # time backends spent on this job, failed tries included (settles its quota)
 
 
 def smaller(request: GenerationRequest) -> GenerationRequest:
@@ -64,6 +65,7 @@ async def generate(
     excluded: set[str] = set()
     fell_back = False
     last_error: BackendError | None = None
+    spent = 0.0
     while len(excluded) < scheduler.settings.backend_max_tries:
         work = Work(job_id, request.model, _units(request), request=request)
         entry: PoolEntry | None = None
@@ -80,6 +82,7 @@ async def generate(
                     images = await _run(entry.adapter.generate, sent, progress, expected)
                 finally:
                     elapsed = time.monotonic() - started
+                    spent += elapsed
                     await _settle(recording)
         except NoCandidate:
             break
@@ -112,7 +115,7 @@ async def generate(
                 await on_speed(entry.name, sent.model, spu, samples)
         if sent.model is not None:
             entry.loaded_model = sent.model
-        return Generated(images=images, backend=entry.name, request=sent, notes=notes + adjustments)
+        return Generated(images=images, backend=entry.name, request=sent, notes=notes + adjustments, gpu_seconds=spent)
     if last_error is None:
         raise BackendError("No backend could run this job.", code="backend_unavailable")
     last_error.notes = notes

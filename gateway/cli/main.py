@@ -12,6 +12,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from gateway.audit import service as audit
+from gateway.audit.service import Actor
 from gateway.cli.backends import app as backends_app
 from gateway.cli.emulate import emulate
 from gateway.config import Settings, get_settings
@@ -143,14 +145,30 @@ def migrate() -> None:
 def systems_add(
     name: Annotated[str, typer.Argument(help="System name, e.g. crm.")],
     scopes: Annotated[str, typer.Option(help="Comma-separated scopes, e.g. generate,batch.")] = "generate",
+    oauth: Annotated[bool, typer.Option("--oauth", help="Also create an OAuth2 client-credentials client.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Create a system and its first API key (printed once, as the last line)."""
-    issued = _with_session(lambda s: systems_service.create_system(s, name=name, scopes=scopes))
-    _print_issued(issued, as_json)
+
+    async def work(session: Any) -> tuple[systems_service.IssuedToken, systems_service.IssuedClient | None]:
+        issued = await systems_service.create_system(session, name=name, scopes=scopes)
+        client = await systems_service.create_oauth_client(session, system_name=name) if oauth else None
+        audit.record(
+            session,
+            Actor.cli(),
+            "system.create",
+            target=f"system:{name}",
+            details={"scopes": issued.system.scopes, "oauth": oauth},
+        )
+        return issued, client
+
+    issued, client = _with_session(work)
+    _print_issued(issued, as_json, client)
 
 
-def _print_issued(issued: systems_service.IssuedToken, as_json: bool) -> None:
+def _print_issued(
+    issued: systems_service.IssuedToken, as_json: bool, client: systems_service.IssuedClient | None = None
+) -> None:
     if as_json:
         payload = {
             "system": issued.system.name,
@@ -159,11 +177,68 @@ def _print_issued(issued: systems_service.IssuedToken, as_json: bool) -> None:
             "token": issued.secret,
             "token_prefix": issued.token.prefix,
         }
+        if client is not None:
+            payload |= {"client_id": client.client.id, "client_secret": client.secret}
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     err.print(f"system {issued.system.name} ({', '.join(issued.system.scopes)}): key {issued.token.prefix}…")
-    err.print("Store this key now; it is not shown again.")
+    if client is not None:
+        err.print(f"OAuth2 client_id {client.client.id}  client_secret {client.secret}")
+    err.print("Store these secrets now; they are not shown again.")
     sys.stdout.write(issued.secret + "\n")
+
+
+@systems_app.command("set-quota")
+def systems_set_quota(
+    name: Annotated[str, typer.Argument(help="System name.")],
+    images_per_day: Annotated[int | None, typer.Option(min=0, help="Images per UTC day.")] = None,
+    gpu_seconds_per_day: Annotated[float | None, typer.Option(min=0, help="GPU-seconds per UTC day.")] = None,
+    concurrent_jobs: Annotated[int | None, typer.Option(min=0, help="Unfinished jobs at once.")] = None,
+    requests_per_minute: Annotated[int | None, typer.Option(min=1, help="API requests per minute.")] = None,
+    clear: Annotated[
+        list[str] | None,
+        typer.Option(help="Remove a limit (repeatable): images-per-day, gpu-seconds-per-day, ..."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Set a system's limits (only the options given change)."""
+    from gateway.quotas import service as quotas
+    from gateway.quotas.schemas import QuotaUpdate
+
+    given: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "images_per_day": images_per_day,
+            "gpu_seconds_per_day": gpu_seconds_per_day,
+            "concurrent_jobs": concurrent_jobs,
+            "requests_per_minute": requests_per_minute,
+        }.items()
+        if value is not None
+    }
+    for item in clear or []:
+        key = item.replace("-", "_")
+        if key not in quotas.LIMITS:
+            err.print(f"[red]error:[/red] unknown limit {item!r}; known: {', '.join(quotas.LIMITS)}")
+            raise typer.Exit(2)
+        given[key] = None
+    if not given:
+        err.print("[red]error:[/red] give at least one limit (or --clear LIMIT)")
+        raise typer.Exit(2)
+    body = QuotaUpdate.model_validate(given, strict=False)
+
+    async def work(session: Any) -> dict[str, Any]:
+        system = await systems_service.get_system(session, name)
+        await quotas.set_limits(session, system_id=system.id, body=body)
+        audit.record(session, Actor.cli(), "quota.set", target=f"system:{name}", details=given)
+        usage = await quotas.usage_of(session, system_id=system.id, system_name=system.name)
+        return usage.model_dump(mode="json")
+
+    usage = _with_session(work)
+    if as_json:
+        sys.stdout.write(json.dumps(usage) + "\n")
+        return
+    limits = ", ".join(f"{k}={'unlimited' if v is None else v}" for k, v in usage["limits"].items())
+    Console().print(f"{name}: {limits}")
 
 
 @systems_app.command("list")
@@ -200,7 +275,19 @@ def tokens_issue(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Issue another API key for a system (e.g. to rotate: issue, deploy, then revoke the old one)."""
-    _print_issued(_with_session(lambda s: systems_service.issue_token(s, system_name=name)), as_json)
+
+    async def work(session: Any) -> systems_service.IssuedToken:
+        issued = await systems_service.issue_token(session, system_name=name)
+        audit.record(
+            session,
+            Actor.cli(),
+            "token.issue",
+            target=f"system:{name}",
+            details={"token_id": issued.token.id, "prefix": issued.token.prefix},
+        )
+        return issued
+
+    _print_issued(_with_session(work), as_json)
 
 
 @tokens_app.command("revoke")
@@ -208,5 +295,11 @@ def tokens_revoke(
     prefix: Annotated[str, typer.Argument(help="The key's prefix (igw_ + 8 characters) or the key.")],
 ) -> None:
     """Revoke an API key; it is refused from the next request on."""
-    token = _with_session(lambda s: systems_service.revoke_token(s, prefix=prefix))
+
+    async def work(session: Any) -> Any:
+        token = await systems_service.revoke_token(session, prefix=prefix)
+        audit.record(session, Actor.cli(), "token.revoke", target=f"token:{token.id}", details={"token_id": token.id})
+        return token
+
+    token = _with_session(work)
     Console().print(f"revoked {token.prefix}…")

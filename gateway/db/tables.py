@@ -1,8 +1,24 @@
 """Import every table module so that ``SQLModel.metadata`` knows the whole schema (Alembic, tests)."""
 
 from gateway.assets.models import Asset
+from gateway.audit.models import AuditEvent
 from gateway.backends.models import Backend, BackendSpeed
 from gateway.jobs.models import Job
-from gateway.systems.models import System, Token
+from gateway.moderation.models import ContentPolicy
+from gateway.quotas.models import JobCharge, Quota, UsageDay
+from gateway.systems.models import OAuthClient, System, Token
 
-__all__ = ["Asset", "Backend", "BackendSpeed", "Job", "System", "Token"]
+__all__ = [
+    "Asset",
+    "AuditEvent",
+    "Backend",
+    "BackendSpeed",
+    "ContentPolicy",
+    "Job",
+    "JobCharge",
+    "OAuthClient",
+    "Quota",
+    "System",
+    "Token",
+    "UsageDay",
+]

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Depends, Header, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
+from gateway.audit.service import Actor
 from gateway.auth.dependencies import Authenticator
 from gateway.deps import BaseUrlDep, ReadSessionDep, ResourcesDep, SessionDep
 from gateway.errors import error_responses
 from gateway.jobs import service
 from gateway.jobs.models import JobStatus
 from gateway.jobs.schemas import JobCreate, JobList, JobRead
+from gateway.moderation import service as moderation
+from gateway.moderation.service import ContentFiltered
+from gateway.quotas.service import QuotaExceeded
 from gateway.systems.service import Principal
 from policies.scopes import Scope
 
@@ -33,9 +37,10 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead, responses=error_responses(409))
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead, responses=error_responses(409, 429))
 async def submit_job(
     body: JobCreate,
+    request: Request,
     principal: Submitter,
     session: SessionDep,
     res: ResourcesDep,
@@ -44,9 +49,34 @@ async def submit_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobRead:
     """Queue a generation job; it runs asynchronously (poll it, or wait for its callback)."""
-    job, created = await service.create_job(
-        session, principal=principal, body=body, idempotency_key=idempotency_key, store=res.store
-    )
+    actor = Actor.of(request, principal.system_name, principal.credential)
+    try:
+        # Before the write transaction: no database lock is held while the filter runs or a URL is fetched.
+        async with res.read_sessionmaker() as read:
+            screened = await moderation.screen(
+                read,
+                system_id=principal.system_id,
+                prompt=body.prompt,
+                negative_prompt=body.negative_prompt,
+                semantic=res.semantic,
+            )
+        fetched = await service.fetch_inputs(body, res.outbound.get_bytes)
+        job, created = await service.create_job(
+            session,
+            principal=principal,
+            body=body,
+            idempotency_key=idempotency_key,
+            store=res.store,
+            screened=screened,
+            seconds_per_megapixel_step=res.settings.quota_seconds_per_megapixel_step,
+            fetch=fetched.get,
+        )
+    except ContentFiltered as exc:
+        res.audit.refused(actor, "content.refused", target="route:POST /v1/jobs", reason=exc.category)
+        raise
+    except QuotaExceeded as exc:
+        res.audit.refused(actor, "quota.refused", target="route:POST /v1/jobs", reason=exc.code)
+        raise
     await session.commit()
     if created:
         try:

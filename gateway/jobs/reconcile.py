@@ -10,10 +10,12 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 import structlog
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.db.engine import committed
 from gateway.jobs import repository
 from gateway.jobs.queue import queue_ref
+from gateway.quotas import service as quotas
 
 if TYPE_CHECKING:
     from gateway.resources import Resources
@@ -29,9 +31,14 @@ async def fail_exhausted(res: Resources) -> list[str]:
     if not failed:
         return []
     candidates = failed
-    failed = await committed(
-        res.sessionmaker, lambda session: repository.fail_exhausted(session, candidates, max_attempts=max_attempts)
-    )
+
+    async def fail(session: AsyncSession) -> list[str]:
+        ids = await repository.fail_exhausted(session, candidates, max_attempts=max_attempts)
+        for job_id in ids:
+            await quotas.refund(session, job_id)
+        return ids
+
+    failed = await committed(res.sessionmaker, fail)
     for job_id in failed:
         log.warning("job.failed", job_id=job_id, code="worker_lost")
     return failed

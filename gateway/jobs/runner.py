@@ -29,6 +29,7 @@ from gateway.backends.generation import Generated
 from gateway.db.engine import committed
 from gateway.jobs import repository
 from gateway.jobs.models import Job, JobStatus
+from gateway.quotas import service as quotas
 from gateway.systems.models import System
 
 if TYPE_CHECKING:
@@ -157,6 +158,8 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
         if not await repository.finish(session, job.id, lease, status=JobStatus.succeeded, notes=notes):
             return False
         session.add_all(assets)
+        # In the same transaction as the result: a job is charged exactly when it has succeeded.
+        await quotas.settle(session, job.id, images=len(assets), gpu_seconds=generated.gpu_seconds)
         return True
 
     if not await committed(res.sessionmaker, succeed):
@@ -241,13 +244,15 @@ async def _store(res: Resources, job: Job, generated: Generated, captions: list[
 
 
 async def _fail(res: Resources, job_id: str, lease: str, code: str, message: str, notes: list[str]) -> str:
-    done = await committed(
-        res.sessionmaker,
-        lambda session: repository.finish(
+    async def fail(session: AsyncSession) -> bool:
+        if not await repository.finish(
             session, job_id, lease, status=JobStatus.failed, error_code=code, error_message=message, notes=notes
-        ),
-    )
-    if not done:
+        ):
+            return False
+        await quotas.refund(session, job_id)
+        return True
+
+    if not await committed(res.sessionmaker, fail):
         raise _LeaseLost
     log.warning("job.failed", code=code, message=message)
     return JobStatus.failed.value

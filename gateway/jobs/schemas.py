@@ -46,7 +46,10 @@ InputImage = Annotated[
     Field(
         min_length=1,
         max_length=16 * 1024 * 1024,
-        description="An asset id of yours (`ast_...`) or base64 image data (a `data:image/...;base64,` prefix is fine)",
+        description=(
+            "An asset id of yours (`ast_...`), base64 image data (a `data:image/...;base64,` prefix is fine) or an"
+            " `http(s)://` URL the gateway fetches once at submission (public hosts only; no redirects; size-capped)"
+        ),
     ),
 ]
 

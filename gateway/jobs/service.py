@@ -16,10 +16,13 @@ from gateway.assets.storage import LocalAssetStore
 from gateway.common.ids import is_id
 from gateway.errors import Conflict, NotFound
 from gateway.jobs import repository
-from gateway.jobs.inputs import store_input
+from gateway.jobs.inputs import Fetch, fetch_input, is_url, store_input
 from gateway.jobs.models import Job, JobStatus
 from gateway.jobs.queue import queue_ref
 from gateway.jobs.schemas import MAX_SEED, JobCreate
+from gateway.moderation.service import Screened
+from gateway.quotas import service as quotas
+from gateway.quotas.service import Demand
 from gateway.systems.service import Principal
 
 
@@ -35,8 +38,15 @@ async def create_job(
     body: JobCreate,
     idempotency_key: str | None,
     store: LocalAssetStore,
+    screened: Screened,
+    seconds_per_megapixel_step: float,
+    fetch: Fetch | None = None,
 ) -> tuple[Job, bool]:
-    """Persist a queued job; returns ``(job, created)``. A repeated idempotency key returns the first job."""
+    """Persist a queued job with its quota reservation; returns ``(job, created)``.
+
+    ``screened`` is the prompt after the content policy; a repeated idempotency key returns the first job
+    (and reserves nothing). QuotaExceeded leaves nothing written.
+    """
     digest = request_hash(body)
     if idempotency_key is not None:
         existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
@@ -45,15 +55,18 @@ async def create_job(
     init_image = mask = None
     if body.init_image is not None:
         init_image = await store_input(
-            session, store, system_id=principal.system_id, value=body.init_image, field="init_image"
+            session, store, system_id=principal.system_id, value=body.init_image, field="init_image", fetch=fetch
         )
     if body.mask is not None:
-        mask = await store_input(session, store, system_id=principal.system_id, value=body.mask, field="mask")
+        mask = await store_input(
+            session, store, system_id=principal.system_id, value=body.mask, field="mask", fetch=fetch
+        )
     now = await repository.db_time(session)  # the clock the reconciler compares enqueued_at with
     job = Job(
         system_id=principal.system_id,
-        prompt=body.prompt,
-        negative_prompt=body.negative_prompt,
+        prompt=screened.prompt,
+        negative_prompt=screened.negative_prompt,
+        notes=list(screened.notes),
         width=body.width,
         height=body.height,
         steps=body.steps,
@@ -75,9 +88,21 @@ async def create_job(
         enqueued_at=now,
     )
     job.queue_ref = queue_ref(job.id, 0)
+    demand = Demand.of(
+        width=body.width,
+        height=body.height,
+        steps=body.steps,
+        n=body.n,
+        seconds_per_megapixel_step=seconds_per_megapixel_step,
+    )
     try:
         async with session.begin_nested():
+            # Reserve first: on PostgreSQL this locks the system's quota row, serialising its admissions.
+            charge = await quotas.reserve(session, system_id=principal.system_id, job_id=job.id, demand=demand)
             session.add(job)
+            await session.flush()
+            session.add(charge)
+            await session.flush()
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its job.
         existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key or "")
@@ -85,6 +110,20 @@ async def create_job(
             raise
         return _replay(existing, digest), False
     return job, True
+
+
+class _Fetched(dict[str, bytes]):
+    async def get(self, url: str) -> bytes:  # type: ignore[override]
+        return self[url]
+
+
+async def fetch_inputs(body: JobCreate, fetch: Fetch) -> _Fetched:
+    """Download input images given as URLs (through the outbound guard) before any database work."""
+    fetched = _Fetched()
+    for field, value in (("init_image", body.init_image), ("mask", body.mask)):
+        if value is not None and is_url(value) and value not in fetched:
+            fetched[value] = await fetch_input(value, field, fetch)
+    return fetched
 
 
 def _replay(existing: Job, digest: str) -> Job:
@@ -122,7 +161,9 @@ async def cancel_job(session: AsyncSession, *, principal: Principal, job_id: str
     job = await get_job(session, principal=principal, job_id=job_id)
     if job.status == JobStatus.cancelled:
         return job
-    if not await repository.cancel(session, job.id):
+    if await repository.cancel(session, job.id):
+        await quotas.refund(session, job.id)
+    else:
         current = await repository.get(session, job.id)
         status = current.status if current else job.status
         raise Conflict(

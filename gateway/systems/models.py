@@ -38,3 +38,18 @@ class Token(SQLModel, table=True):
     )  # None: the system's scopes; a list narrows them
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
     revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+
+
+class OAuthClient(SQLModel, table=True):
+    """An OAuth2 client-credentials client of a system. Only the SHA-256 of the secret is stored."""
+
+    __tablename__ = "oauth_clients"
+
+    id: str = Field(default_factory=lambda: new_id("cli"), primary_key=True, max_length=40)  # the client_id
+    system_id: str = Field(
+        sa_column=Column(String(40), ForeignKey("systems.id", ondelete="CASCADE"), nullable=False, index=True)
+    )
+    secret_hash: str = Field(sa_column=Column(String(64), nullable=False))
+    scopes: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
+    revoked_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
-from gateway.systems.models import System, Token
+from gateway.quotas.models import Quota
+from gateway.systems.models import OAuthClient, System, Token
 
 
 async def get_system_by_name(session: AsyncSession, name: str) -> System | None:
@@ -20,14 +21,33 @@ async def list_systems(session: AsyncSession) -> Sequence[System]:
     return result.scalars().all()
 
 
-async def get_active_token(session: AsyncSession, token_hash: str) -> tuple[Token, System] | None:
+async def get_active_token(session: AsyncSession, token_hash: str) -> tuple[Token, System, int | None] | None:
+    """The token, its system and the system's requests-per-minute limit, in one query (every request does this)."""
     result = await session.execute(
-        select(Token, System)
+        select(Token, System, col(Quota.requests_per_minute))
         .join(System, col(System.id) == col(Token.system_id))
+        .outerjoin(Quota, col(Quota.system_id) == col(System.id))
         .where(Token.token_hash == token_hash, col(Token.revoked_at).is_(None))
     )
     row = result.first()
+    return (row[0], row[1], row[2]) if row else None
+
+
+async def get_active_client(session: AsyncSession, client_id: str) -> tuple[OAuthClient, System] | None:
+    result = await session.execute(
+        select(OAuthClient, System)
+        .join(System, col(System.id) == col(OAuthClient.system_id))
+        .where(OAuthClient.id == client_id, col(OAuthClient.revoked_at).is_(None))
+    )
+    row = result.first()
     return (row[0], row[1]) if row else None
+
+
+async def clients_of(session: AsyncSession, system_id: str) -> Sequence[OAuthClient]:
+    result = await session.execute(
+        select(OAuthClient).where(OAuthClient.system_id == system_id).order_by(col(OAuthClient.created_at))
+    )
+    return result.scalars().all()
 
 
 async def tokens_by_prefix(session: AsyncSession, prefix: str) -> list[Token]:

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.auth.tokens import display_prefix, generate_token, hash_token, well_formed
+from gateway.auth.access_tokens import AccessClaims
+from gateway.auth.tokens import CLIENT_SECRET_PREFIX, display_prefix, generate_token, hash_token, well_formed
 from gateway.common.time import utcnow
 from gateway.errors import Conflict, NotFound, ValidationFailed
+from gateway.quotas.models import Quota
 from gateway.systems import repository
-from gateway.systems.models import System, Token
+from gateway.systems.models import OAuthClient, System, Token
 from policies.scopes import parse_scopes
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
@@ -25,6 +28,13 @@ class Principal:
     system_name: str
     scopes: frozenset[str]
     token_id: str | None = None
+    client_id: str | None = None  # set when the caller came with an OAuth2 access token
+    requests_per_minute: int | None = None  # the system's rate limit, read with the credential
+
+    @property
+    def credential(self) -> str:
+        """Which credential acted (an id, never a secret): for the audit log."""
+        return self.token_id or self.client_id or "-"
 
 
 @dataclass(frozen=True)
@@ -32,6 +42,13 @@ class IssuedToken:
     system: System
     token: Token
     secret: str  # the plain key: shown once, never stored
+
+
+@dataclass(frozen=True)
+class IssuedClient:
+    system: System
+    client: OAuthClient
+    secret: str  # the plain client secret: shown once, never stored
 
 
 async def create_system(session: AsyncSession, *, name: str, scopes: list[str] | str) -> IssuedToken:
@@ -95,8 +112,123 @@ async def authenticate(session: AsyncSession, secret: str) -> Principal | None:
     found = await repository.get_active_token(session, hash_token(secret))
     if found is None:
         return None
-    token, system = found
-    scopes = set(system.scopes)
-    if token.scopes is not None:
-        scopes &= set(token.scopes)
-    return Principal(system_id=system.id, system_name=system.name, scopes=frozenset(scopes), token_id=token.id)
+    token, system, rpm = found
+    return Principal(
+        system_id=system.id,
+        system_name=system.name,
+        scopes=_narrowed(system, token.scopes),
+        token_id=token.id,
+        requests_per_minute=rpm,
+    )
+
+
+def _narrowed(system: System, scopes: list[str] | None) -> frozenset[str]:
+    """A credential holds the system's scopes, narrowed by its own list if it has one (never widened)."""
+    held = set(system.scopes)
+    if scopes is not None:
+        held &= set(scopes)
+    return frozenset(held)
+
+
+async def create_oauth_client(session: AsyncSession, *, system_name: str) -> IssuedClient:
+    system = await repository.get_system_by_name(session, system_name)
+    if system is None:
+        raise NotFound(f"No system named {system_name!r}.")
+    secret = generate_token(CLIENT_SECRET_PREFIX)
+    client = OAuthClient(system_id=system.id, secret_hash=hash_token(secret))
+    session.add(client)
+    await session.flush()
+    return IssuedClient(system=system, client=client, secret=secret)
+
+
+async def revoke_oauth_client(session: AsyncSession, *, client_id: str) -> OAuthClient:
+    client = await session.get(OAuthClient, client_id)
+    if client is None:
+        raise NotFound(f"No OAuth2 client {client_id!r}.")
+    if client.revoked_at is None:
+        client.revoked_at = utcnow()
+        session.add(client)
+    return client
+
+
+async def authenticate_client(session: AsyncSession, client_id: str, secret: str) -> tuple[OAuthClient, System] | None:
+    """The client and its system for a valid, unrevoked client id + secret, or None."""
+    found = await repository.get_active_client(session, client_id[:40])
+    if found is None or not secrets.compare_digest(found[0].secret_hash, hash_token(secret)):
+        return None
+    return found
+
+
+def client_scopes(client: OAuthClient, system: System) -> frozenset[str]:
+    return _narrowed(system, client.scopes)
+
+
+async def authenticate_access_token(session: AsyncSession, claims: AccessClaims) -> Principal | None:
+    """The principal of a verified access token whose client is still active (revoking it ends its tokens)."""
+    found = await repository.get_active_client(session, claims.client_id)
+    if found is None or found[1].id != claims.system_id:
+        return None
+    client, system = found
+    quota = await session.get(Quota, system.id)
+    return Principal(
+        system_id=system.id,
+        system_name=system.name,
+        # The token's scopes, but never more than the client holds now (a narrowed system narrows its tokens).
+        scopes=frozenset(claims.scopes & client_scopes(client, system)),
+        client_id=client.id,
+        requests_per_minute=quota.requests_per_minute if quota else None,
+    )
+
+
+async def get_system(session: AsyncSession, name: str) -> System:
+    system = await repository.get_system_by_name(session, name)
+    if system is None:
+        raise NotFound(f"No system named {name!r}.", code="system_not_found")
+    return system
+
+
+async def set_scopes(session: AsyncSession, *, name: str, scopes: list[str]) -> System:
+    system = await get_system(session, name)
+    try:
+        system.scopes = parse_scopes(scopes)
+    except ValueError as exc:
+        raise ValidationFailed(str(exc)) from exc
+    session.add(system)
+    await session.flush()
+    return system
+
+
+async def issue_narrowed_token(session: AsyncSession, *, name: str, scopes: list[str] | None) -> IssuedToken:
+    """Another key for the system; ``scopes`` narrows it (each must be one the system holds)."""
+    system = await get_system(session, name)
+    issued = await _issue(session, system)
+    if scopes is not None:
+        extra = set(scopes) - set(system.scopes)
+        if extra:
+            raise ValidationFailed(
+                f"The system does not hold: {', '.join(sorted(extra))}.",
+                details=[{"field": "scopes", "message": "a key cannot hold more than its system"}],
+            )
+        issued.token.scopes = sorted(set(scopes))
+        session.add(issued.token)
+        await session.flush()
+    return issued
+
+
+async def revoke_token_of(session: AsyncSession, *, name: str, token_id: str) -> Token:
+    system = await get_system(session, name)
+    token = await session.get(Token, token_id)
+    if token is None or token.system_id != system.id:
+        raise NotFound("No such token.", code="token_not_found")
+    if token.revoked_at is None:
+        token.revoked_at = utcnow()
+        session.add(token)
+    return token
+
+
+async def revoke_client_of(session: AsyncSession, *, name: str, client_id: str) -> OAuthClient:
+    system = await get_system(session, name)
+    client = await session.get(OAuthClient, client_id)
+    if client is None or client.system_id != system.id:
+        raise NotFound("No such OAuth2 client.", code="client_not_found")
+    return await revoke_oauth_client(session, client_id=client_id)

@@ -1,0 +1,30 @@
+"""Bodies of the per-system content policy routes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Term = Annotated[str, Field(min_length=1, max_length=100)]
+Category = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+
+
+class ContentPolicyUpdate(BaseModel):
+    """A system's additions to the shipped lists. Categories: violence, sexual, minors, hate, brand, or new ones."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    extra: dict[Category, Annotated[list[Term], Field(max_length=10_000)]] = Field(
+        default_factory=dict, description="More terms per category (a new category name creates one; action block)"
+    )
+    allow: Annotated[list[Term], Field(max_length=10_000)] = Field(
+        default_factory=list, description="Terms that never count as a match (e.g. your own brand)"
+    )
+    actions: dict[Category, Literal["block", "mask"]] = Field(
+        default_factory=dict, description="Per category: refuse the request (block) or replace the term (mask)"
+    )
+
+
+class ContentPolicyRead(ContentPolicyUpdate):
+    system: str

@@ -1,0 +1,122 @@
+"""Content screening of the final prompt and negative prompt, with the caller's own list additions."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from gateway.common.time import utcnow
+from gateway.errors import ImagegateError, ValidationFailed
+from gateway.moderation.models import ContentPolicy
+from gateway.moderation.schemas import ContentPolicyRead, ContentPolicyUpdate
+from policies.content import Action, ContentDecision, ContentFilter, ContentRules
+from policies.semantic import SemanticCheck
+
+
+class ContentFiltered(ImagegateError):
+    """422 naming the category (and field), never the matched terms or the lists."""
+
+    status_code = 422
+    code = "content_filtered"
+
+    def __init__(self, category: str, field: str) -> None:
+        super().__init__(
+            f"The {field} was refused by the content policy (category: {category}).",
+            details={"category": category, "field": field},
+        )
+        self.category = category
+
+
+@dataclass(frozen=True)
+class Screened:
+    prompt: str
+    negative_prompt: str
+    notes: list[str]
+
+
+# Categories whose refusal no system may turn into masking.
+ALWAYS_BLOCKED = frozenset({"minors"})
+
+
+@lru_cache(maxsize=256)
+def _rules(system_id: str, version: str, extra: str, allow: str, actions: str) -> ContentRules:
+    """Rules of one saved version of a policy: validated and hashed once, not on every request."""
+    return ContentRules(
+        extra=json.loads(extra), allow=json.loads(allow), actions={k: Action(v) for k, v in json.loads(actions).items()}
+    )
+
+
+def rules_of(policy: ContentPolicy | None) -> ContentRules:
+    if policy is None:
+        return ContentRules()
+    return _rules(
+        policy.system_id,
+        policy.updated_at.isoformat(),
+        json.dumps(policy.extra, sort_keys=True),
+        json.dumps(policy.allow),
+        json.dumps(policy.actions, sort_keys=True),
+    )
+
+
+def read_policy(system: str, policy: ContentPolicy | None) -> ContentPolicyRead:
+    if policy is None:
+        return ContentPolicyRead(system=system)
+    return ContentPolicyRead.model_validate(
+        {"system": system, "extra": policy.extra, "allow": policy.allow, "actions": policy.actions}, strict=False
+    )
+
+
+async def get_policy(session: AsyncSession, system_id: str) -> ContentPolicy | None:
+    return await session.get(ContentPolicy, system_id, populate_existing=True)
+
+
+async def screen(
+    session: AsyncSession,
+    *,
+    system_id: str,
+    prompt: str,
+    negative_prompt: str,
+    semantic: SemanticCheck | None = None,
+) -> Screened:
+    """The text to generate from (masked where a category says so), or ContentFiltered.
+
+    The word lists run first; the optional semantic stage then looks at the (masked) prompt for paraphrases.
+    """
+    checker = ContentFilter.default().with_rules(rules_of(await get_policy(session, system_id)))
+    decision: ContentDecision = checker.evaluate(prompt, negative_prompt)
+    if not decision.allowed:
+        assert decision.category is not None
+        raise ContentFiltered(decision.category, decision.field or "prompt")
+    if semantic is not None and semantic.applies_to(decision.prompt):
+        match = await asyncio.to_thread(semantic.evaluate, decision.prompt)  # ~10 ms of CPU: off the event loop
+        if match.category is not None:
+            raise ContentFiltered(match.category, "prompt")
+    notes = [f"Terms of the content category {c!r} were masked." for c in decision.masked]
+    return Screened(prompt=decision.prompt, negative_prompt=decision.negative_prompt, notes=notes)
+
+
+async def set_policy(session: AsyncSession, *, system_id: str, body: ContentPolicyUpdate) -> ContentPolicy:
+    """Replace the system's additions; refused whole (422) if any part is invalid."""
+    weakened = sorted(c for c, action in body.actions.items() if c in ALWAYS_BLOCKED and action != "block")
+    if weakened:
+        message = f"The category {weakened[0]!r} is always blocked."
+        raise ValidationFailed(message, details=[{"field": f"actions.{weakened[0]}", "message": message}])
+    try:
+        rules = ContentRules(
+            extra=body.extra, allow=body.allow, actions={k: Action(v) for k, v in body.actions.items()}
+        )
+        ContentFilter.default().with_rules(rules)  # compiles: a bad list fails now, not at the next job
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), details=[{"field": "body", "message": str(exc)}]) from exc
+    policy = await get_policy(session, system_id) or ContentPolicy(system_id=system_id)
+    policy.extra = {k: list(v) for k, v in body.extra.items()}
+    policy.allow = list(body.allow)
+    policy.actions = dict(body.actions)
+    policy.updated_at = utcnow()
+    session.add(policy)
+    await session.flush()
+    return policy

@@ -1,0 +1,76 @@
+"""The route inventory: every route the app serves, with the scopes it declares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi.routing import iter_route_contexts
+
+from gateway.auth.dependencies import Authenticator
+
+# Every route there is. A new route fails the inventory test until it is added here (OWASP API9).
+PUBLIC = {
+    "GET /openapi.json",
+    "GET /docs",
+    "GET /docs/oauth2-redirect",
+    "GET /redoc",
+    "GET /healthz",
+    "GET /readyz",
+    "POST /oauth/token",
+}
+PROTECTED = {
+    "POST /v1/jobs",
+    "GET /v1/jobs",
+    "GET /v1/jobs/{job_id}",
+    "POST /v1/jobs/{job_id}/cancel",
+    "GET /v1/assets/{asset_id}",
+    "GET /v1/usage",
+    "GET /v1/admin/systems",
+    "POST /v1/admin/systems",
+    "GET /v1/admin/systems/{name}",
+    "PATCH /v1/admin/systems/{name}",
+    "POST /v1/admin/systems/{name}/tokens",
+    "POST /v1/admin/systems/{name}/tokens/{token_id}/revoke",
+    "POST /v1/admin/systems/{name}/oauth-clients",
+    "POST /v1/admin/systems/{name}/oauth-clients/{client_id}/revoke",
+    "GET /v1/admin/systems/{name}/quota",
+    "PATCH /v1/admin/systems/{name}/quota",
+    "GET /v1/admin/systems/{name}/content-policy",
+    "PUT /v1/admin/systems/{name}/content-policy",
+    "GET /v1/admin/backends",
+    "POST /v1/admin/backends",
+    "GET /v1/admin/backends/{name}",
+    "PATCH /v1/admin/backends/{name}",
+    "DELETE /v1/admin/backends/{name}",
+    "POST /v1/admin/backends/{name}/probe",
+    "GET /v1/admin/audit",
+}
+
+
+@dataclass(frozen=True)
+class RouteInfo:
+    method: str
+    path: str
+    scopes: tuple[frozenset[str], ...]  # one set per Authenticator on the route
+
+    @property
+    def key(self) -> str:
+        return f"{self.method} {self.path}"
+
+
+def _authenticators(dependant: Any) -> list[frozenset[str]]:
+    found = [dependant.call.any_of] if isinstance(dependant.call, Authenticator) else []
+    for sub in dependant.dependencies:
+        found += _authenticators(sub)
+    return found
+
+
+def routes(app: Any) -> list[RouteInfo]:
+    out = []
+    for context in iter_route_contexts(app.routes):
+        dependant = getattr(context, "dependant", None)
+        scopes = tuple(_authenticators(dependant)) if dependant is not None else ()
+        for method in sorted((context.methods or set()) - {"HEAD"}):
+            out.append(RouteInfo(method=method, path=str(context.path), scopes=scopes))
+    return out

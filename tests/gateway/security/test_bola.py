@@ -1,0 +1,35 @@
+"""Object-level authorisation: another system's ids answer exactly like ids that do not exist (OWASP API1)."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import Stack, auth
+from tests.gateway.security.routes import routes
+
+
+async def test_every_route_with_an_id_hides_other_systems_objects(stack: Stack) -> None:
+    owner, other = await stack.system("crm"), await stack.system("oa")
+    job = await stack.submit(owner)
+    done = await stack.wait(owner, job["id"])
+    ids = {"job_id": job["id"], "asset_id": done["assets"][0]["id"]}
+    missing = {"job_id": "job_" + "0" * 28, "asset_id": "ast_" + "0" * 28}
+    with_ids = [r for r in routes(stack.app) if "{" in r.path and not r.path.startswith("/v1/admin")]
+    assert with_ids, "no route with an id found"
+
+    for route in with_ids:
+        params = re.findall(r"\{([^}]+)\}", route.path)
+        assert set(params) <= set(ids), f"{route.key}: add its id kind to this test"
+        mine = route.path.format(**ids)
+        absent = route.path.format(**missing)
+
+        foreign = await stack.client.request(route.method, mine, headers=auth(other))
+        nowhere = await stack.client.request(route.method, absent, headers=auth(other))
+        own = await stack.client.request(route.method, mine, headers=auth(owner))
+
+        assert foreign.status_code == 404, route.key
+        assert foreign.json() == nowhere.json(), route.key
+        assert own.status_code != 404, route.key
+
+    # The other system's attempt to cancel changed nothing.
+    assert (await stack.client.get(f"/v1/jobs/{job['id']}", headers=auth(owner))).json()["status"] == "succeeded"
