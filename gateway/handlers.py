@@ -5,6 +5,7 @@ from __future__ import annotations
 from http import HTTPStatus
 from typing import Any
 
+import sqlalchemy.exc
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -97,6 +98,18 @@ def unavailable_response(request_id: str | None) -> JSONResponse:
     )
 
 
+# PostgreSQL refuses some text that Python strings can hold (a NUL character): that is the caller's input.
+_UNSTORABLE_TEXT = ("CharacterNotInRepertoireError", "UntranslatableCharacterError")
+
+
+async def database_error(request: Request, exc: Exception) -> JSONResponse:
+    if type(getattr(exc, "orig", None)).__name__ in _UNSTORABLE_TEXT or any(
+        name in str(getattr(exc, "orig", "")) for name in _UNSTORABLE_TEXT
+    ):
+        return _envelope(422, "validation_error", "The request contains characters that cannot be stored (e.g. NUL).")
+    return await unexpected_error(request, exc)
+
+
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     """A bug. Logged with its traceback; the client gets no internals, only the request id to report."""
     request_id = request.scope.get("state", {}).get("request_id")
@@ -109,6 +122,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ImagegateError, imagegate_error)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
-    for unavailable in DATABASE_UNAVAILABLE:
+    app.add_exception_handler(sqlalchemy.exc.DBAPIError, database_error)
+    for unavailable in DATABASE_UNAVAILABLE:  # subclasses of DBAPIError: their own handler wins
         app.add_exception_handler(unavailable, unavailable_error)
     app.add_exception_handler(Exception, unexpected_error)

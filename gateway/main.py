@@ -17,7 +17,7 @@ from gateway.auth.backend import ApiKeyBackend, unauthorized
 from gateway.auth.dependencies import authenticated
 from gateway.auth.endpoints import router as oauth_router
 from gateway.backends.endpoints import router as backends_router
-from gateway.config import Settings, get_settings
+from gateway.config import PLACEHOLDER_SECRET, Settings, get_settings
 from gateway.db.migrate import is_current, prepare_embedded
 from gateway.deps import strict_query
 from gateway.errors import error_responses
@@ -52,6 +52,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if res.runner is not None:
             res.runner.start()
         log.info("gateway.started", queue="distributed" if settings.distributed else "embedded")
+        if settings.secret_key == PLACEHOLDER_SECRET and settings.env != "test":
+            log.warning(
+                "gateway.placeholder_secret",
+                message="IMAGEGATE_SECRET_KEY is the development placeholder: OAuth2 access tokens can be forged "
+                "and stored backend passwords are readable by anyone with the source. Set a real secret.",
+            )
         try:
             yield
         finally:

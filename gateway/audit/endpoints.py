@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query
@@ -18,14 +18,21 @@ from policies.scopes import Scope
 
 
 def _iso_only(value: object) -> object:
-    """Only ISO 8601 text: pydantic would otherwise read ``0.5`` as a Unix time."""
-    if isinstance(value, str) and not _ISO.match(value):
+    """Only ISO 8601 text (pydantic would read ``0.5`` as a Unix time); without an offset it is UTC."""
+    if not isinstance(value, str):
+        return value
+    if not _ISO.match(value):
         raise ValueError("expected an ISO 8601 date-time, e.g. 2026-12-01T00:00:00Z")
-    return value
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
+        raise ValueError("not a date-time that can be expressed in UTC") from None
 
 
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?$")
 IsoDatetime = Annotated[datetime, BeforeValidator(_iso_only)]
+_PRINTABLE = r"^[^\x00-\x1f\x7f]*$"
 
 router = APIRouter(prefix="/admin/audit", tags=["admin: audit"])
 Admin = Annotated[Principal, Depends(Authenticator(any_of={Scope.admin}))]
@@ -35,11 +42,12 @@ Admin = Annotated[Principal, Depends(Authenticator(any_of={Scope.admin}))]
 async def list_audit(
     _: Admin,
     session: ReadSessionDep,
-    actor: Annotated[str | None, Query(max_length=100)] = None,
+    actor: Annotated[str | None, Query(max_length=100, pattern=_PRINTABLE)] = None,
     action: Annotated[
-        str | None, Query(max_length=64, description="An action, or its prefix up to a dot (e.g. `quota`)")
+        str | None,
+        Query(max_length=64, pattern=_PRINTABLE, description="An action, or its prefix up to a dot (e.g. `quota`)"),
     ] = None,
-    target: Annotated[str | None, Query(max_length=200, description="e.g. `system:crm`")] = None,
+    target: Annotated[str | None, Query(max_length=200, pattern=_PRINTABLE, description="e.g. `system:crm`")] = None,
     outcome: Literal["ok", "refused"] | None = None,
     since: Annotated[IsoDatetime | None, Query(description="ISO 8601, e.g. 2026-12-01T00:00:00Z")] = None,
     until: Annotated[IsoDatetime | None, Query(description="ISO 8601, exclusive")] = None,

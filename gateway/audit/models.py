@@ -32,4 +32,4 @@ class AuditEvent(SQLModel, table=True):
     reason: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict))
     ip: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
-    request_id: str | None = Field(default=None, sa_column=Column(String(64), nullable=True))
+    request_id: str | None = Field(default=None, sa_column=Column(String(128), nullable=True))

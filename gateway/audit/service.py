@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,16 @@ class Actor:
         )
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _clean(value: str | None, limit: int) -> str | None:
+    """Fit a value to its column: control characters (a NUL in a path) replaced, cut to the column's length."""
+    if value is None:
+        return None
+    return _CONTROL.sub("?", value)[:limit]
+
+
 def event(
     actor: Actor,
     action: str,
@@ -61,15 +72,15 @@ def event(
     details: dict[str, Any] | None = None,
 ) -> AuditEvent:
     return AuditEvent(
-        actor=actor.name,
-        credential=actor.credential,
+        actor=_clean(actor.name, 100) or "",
+        credential=_clean(actor.credential, 40),
         action=action,
-        target=target[:200],
+        target=_clean(target, 200) or "",
         outcome=outcome,
-        reason=reason,
+        reason=_clean(reason, 1000),
         details=details or {},
-        ip=actor.ip,
-        request_id=actor.request_id,
+        ip=_clean(actor.ip, 64),
+        request_id=_clean(actor.request_id, 128),
     )
 
 
@@ -108,15 +119,21 @@ class AuditTrail:
         if not batch:
             return 0
 
+        if await self._write(batch):
+            return len(batch)
+        # One row the database refuses must not take the rest of the batch with it.
+        return sum([await self._write([one]) for one in batch])
+
+    async def _write(self, events: list[AuditEvent]) -> bool:
         async def write(session: AsyncSession) -> None:
-            session.add_all(batch)
+            session.add_all([AuditEvent(**e.model_dump()) for e in events])  # fresh rows: a failed try leaves none
 
         try:
             await committed(self._sessionmaker, write, give_up_after=30)
         except Exception:
-            log.warning("audit.write_failed", events=len(batch), exc_info=True)
-            return 0
-        return len(batch)
+            log.warning("audit.write_failed", events=len(events), exc_info=True)
+            return False
+        return True
 
     async def _run(self) -> None:
         while True:

@@ -47,7 +47,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except (binascii.Error, ValueError):  # ValueError: non-ASCII characters; UnicodeDecodeError is one too
         return None
     client_id, sep, secret = decoded.partition(":")
     # RFC 6749 2.3.1: both parts are form-urlencoded before base64.
@@ -55,7 +55,7 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 
 
 async def _form(request: Request) -> FormData | None:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+    if request.headers.get("content-type", "").split(";")[0].strip().lower() != "application/x-www-form-urlencoded":
         return None
     try:
         return await request.form(max_files=0, max_fields=_MAX_FIELDS)
@@ -127,6 +127,8 @@ async def token(request: Request) -> Any:
             401, "invalid_client", "Client authentication failed.", {"WWW-Authenticate": 'Basic realm="imagegate"'}
         )
     client, system = found
+    if grant is None:
+        return _error(400, "invalid_request", "grant_type is required.")
     if grant != "client_credentials":
         return _error(400, "unsupported_grant_type", "Only grant_type=client_credentials is supported.")
     held = client_scopes(client, system)

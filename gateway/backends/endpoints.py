@@ -19,7 +19,7 @@ from policies.scopes import Scope
 
 router = APIRouter(prefix="/admin/backends", tags=["admin: backends"])
 Admin = Annotated[Principal, Depends(Authenticator(any_of={Scope.admin}))]
-Name = Annotated[str, Path(max_length=64, description="The backend's name")]
+Name = Annotated[str, Path(max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$", description="The backend's name")]
 
 
 def _actor(request: Request, admin: Principal) -> Actor:

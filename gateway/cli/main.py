@@ -182,9 +182,9 @@ def _print_issued(
         sys.stdout.write(json.dumps(payload) + "\n")
         return
     err.print(f"system {issued.system.name} ({', '.join(issued.system.scopes)}): key {issued.token.prefix}…")
-    if client is not None:
-        err.print(f"OAuth2 client_id {client.client.id}  client_secret {client.secret}")
     err.print("Store these secrets now; they are not shown again.")
+    if client is not None:  # secrets go to stdout only (stderr ends up in logs)
+        sys.stdout.write(f"client_id={client.client.id}\nclient_secret={client.secret}\n")
     sys.stdout.write(issued.secret + "\n")
 
 

@@ -195,8 +195,12 @@ class OutboundClient:
         """
         host = self._check(url)
         try:
+            request = self._client.build_request(method, url, **kwargs)
+        except (httpx.InvalidURL, UnicodeError):  # e.g. an IDNA label httpx cannot encode: "http://xn--a/"
+            raise UrlRefused("invalid_url", "the URL cannot be parsed") from None
+        try:
             async with asyncio.timeout(self.total_timeout):
-                return await self._exchange(host, self._client.build_request(method, url, **kwargs))
+                return await self._exchange(host, request)
         except (TimeoutError, httpx.TimeoutException):
             raise FetchFailed("timeout", f"{host} did not answer in time") from None
         except httpx.TransportError as exc:

@@ -16,6 +16,7 @@ from gateway.jobs.models import JobStatus
 from gateway.jobs.schemas import JobCreate, JobList, JobRead
 from gateway.moderation import service as moderation
 from gateway.moderation.service import ContentFiltered
+from gateway.quotas import service as quotas
 from gateway.quotas.service import QuotaExceeded
 from gateway.systems.service import Principal
 from policies.scopes import Scope
@@ -50,9 +51,18 @@ async def submit_job(
 ) -> JobRead:
     """Queue a generation job; it runs asynchronously (poll it, or wait for its callback)."""
     actor = Actor.of(request, principal.system_name, principal.credential)
+    demand = service.demand_of(body, res.settings.quota_seconds_per_megapixel_step)
     try:
         # Before the write transaction: no database lock is held while the filter runs or a URL is fetched.
+        # A retry of an accepted submission is answered first: it is not screened, fetched or charged again.
         async with res.read_sessionmaker() as read:
+            replayed = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, body=body)
+            if replayed is not None:
+                response.headers["Idempotent-Replayed"] = "true"
+                response.headers["Location"] = f"{base}/v1/jobs/{replayed.id}"
+                assets = await service.assets_of(read, [replayed])
+                return JobRead.of(replayed, assets.get(replayed.id, []), base)
+            await quotas.precheck(read, system_id=principal.system_id, demand=demand)
             screened = await moderation.screen(
                 read,
                 system_id=principal.system_id,
@@ -68,8 +78,8 @@ async def submit_job(
             idempotency_key=idempotency_key,
             store=res.store,
             screened=screened,
-            seconds_per_megapixel_step=res.settings.quota_seconds_per_megapixel_step,
-            fetch=fetched.get,
+            demand=demand,
+            fetch=fetched.lookup,
         )
     except ContentFiltered as exc:
         res.audit.refused(actor, "content.refused", target="route:POST /v1/jobs", reason=exc.category)

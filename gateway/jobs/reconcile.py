@@ -34,8 +34,7 @@ async def fail_exhausted(res: Resources) -> list[str]:
 
     async def fail(session: AsyncSession) -> list[str]:
         ids = await repository.fail_exhausted(session, candidates, max_attempts=max_attempts)
-        for job_id in ids:
-            await quotas.refund(session, job_id)
+        await quotas.refund_all(session, ids)
         return ids
 
     failed = await committed(res.sessionmaker, fail)

@@ -111,7 +111,7 @@ async def run_job(res: Resources, job_id: str) -> str:
 async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
     progress = _Progress()
     deadline = time.monotonic() + res.settings.job_timeout_seconds  # one budget for placing, generating, storing
-    notes: list[str] = []
+    notes: list[str] = list(job.notes or [])  # admission's notes (e.g. masked terms) stay first
 
     async def placed(backend: str) -> None:
         await committed(res.sessionmaker, lambda session: repository.set_backend(session, job.id, lease, backend))
@@ -136,7 +136,7 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
             oom_fallback=job.oom_fallback,
         )
         generated = await _with_heartbeat(res, job.id, lease, progress, deadline, work)
-        notes = list(generated.notes)
+        notes += generated.notes
         captions: list[Caption | None] = [None] * len(generated.images)
         if job.describe:
             captions, describe_notes = await _with_heartbeat(

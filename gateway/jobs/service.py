@@ -22,7 +22,7 @@ from gateway.jobs.queue import queue_ref
 from gateway.jobs.schemas import MAX_SEED, JobCreate
 from gateway.moderation.service import Screened
 from gateway.quotas import service as quotas
-from gateway.quotas.service import Demand
+from gateway.quotas.service import Demand, QuotaExceeded
 from gateway.systems.service import Principal
 
 
@@ -39,7 +39,7 @@ async def create_job(
     idempotency_key: str | None,
     store: LocalAssetStore,
     screened: Screened,
-    seconds_per_megapixel_step: float,
+    demand: Demand,
     fetch: Fetch | None = None,
 ) -> tuple[Job, bool]:
     """Persist a queued job with its quota reservation; returns ``(job, created)``.
@@ -88,13 +88,6 @@ async def create_job(
         enqueued_at=now,
     )
     job.queue_ref = queue_ref(job.id, 0)
-    demand = Demand.of(
-        width=body.width,
-        height=body.height,
-        steps=body.steps,
-        n=body.n,
-        seconds_per_megapixel_step=seconds_per_megapixel_step,
-    )
     try:
         async with session.begin_nested():
             # Reserve first: on PostgreSQL this locks the system's quota row, serialising its admissions.
@@ -103,8 +96,9 @@ async def create_job(
             await session.flush()
             session.add(charge)
             await session.flush()
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its job.
+    except (IntegrityError, QuotaExceeded):
+        # A concurrent request with the same key won the race (on PostgreSQL we waited for its commit on the
+        # quota row, and may then find the quota spent by that very job): answer with its job.
         existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key or "")
         if existing is None:
             raise
@@ -113,7 +107,8 @@ async def create_job(
 
 
 class _Fetched(dict[str, bytes]):
-    async def get(self, url: str) -> bytes:  # type: ignore[override]
+    async def lookup(self, url: str) -> bytes:
+        """A ``Fetch`` that answers from what ``fetch_inputs`` downloaded."""
         return self[url]
 
 
@@ -124,6 +119,26 @@ async def fetch_inputs(body: JobCreate, fetch: Fetch) -> _Fetched:
         if value is not None and is_url(value) and value not in fetched:
             fetched[value] = await fetch_input(value, field, fetch)
     return fetched
+
+
+def demand_of(body: JobCreate, seconds_per_megapixel_step: float) -> Demand:
+    return Demand.of(
+        width=body.width,
+        height=body.height,
+        steps=body.steps,
+        n=body.n,
+        seconds_per_megapixel_step=seconds_per_megapixel_step,
+    )
+
+
+async def replayed(
+    session: AsyncSession, *, principal: Principal, idempotency_key: str | None, body: JobCreate
+) -> Job | None:
+    """The job an earlier request with this key created (409 if its body differed), or None."""
+    if idempotency_key is None:
+        return None
+    existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
+    return _replay(existing, request_hash(body)) if existing is not None else None
 
 
 def _replay(existing: Job, digest: str) -> Job:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-Term = Annotated[str, Field(min_length=1, max_length=100)]
+from gateway.common.text import SafeText
+
+Term = Annotated[SafeText, Field(min_length=1, max_length=100)]
+MAX_TERMS = 20_000  # per policy, all categories and the allow-list together: bounds compile time (~0.2 s)
 Category = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
 
 
@@ -24,6 +27,13 @@ class ContentPolicyUpdate(BaseModel):
     actions: dict[Category, Literal["block", "mask"]] = Field(
         default_factory=dict, description="Per category: refuse the request (block) or replace the term (mask)"
     )
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ContentPolicyUpdate:
+        total = sum(len(terms) for terms in self.extra.values()) + len(self.allow)
+        if total > MAX_TERMS or len(self.extra) > 64:
+            raise ValueError(f"a policy holds at most {MAX_TERMS} terms in at most 64 categories")
+        return self
 
 
 class ContentPolicyRead(ContentPolicyUpdate):

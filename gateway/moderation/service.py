@@ -13,7 +13,7 @@ from gateway.common.time import utcnow
 from gateway.errors import ImagegateError, ValidationFailed
 from gateway.moderation.models import ContentPolicy
 from gateway.moderation.schemas import ContentPolicyRead, ContentPolicyUpdate
-from policies.content import Action, ContentDecision, ContentFilter, ContentRules
+from policies.content import Action, ContentDecision, ContentFilter, ContentRules, shipped_lists
 from policies.semantic import SemanticCheck
 
 
@@ -62,12 +62,27 @@ def rules_of(policy: ContentPolicy | None) -> ContentRules:
     )
 
 
+def _checker(policy: ContentPolicy | None) -> ContentFilter:
+    return ContentFilter.default().with_rules(rules_of(policy))
+
+
 def read_policy(system: str, policy: ContentPolicy | None) -> ContentPolicyRead:
     if policy is None:
         return ContentPolicyRead(system=system)
     return ContentPolicyRead.model_validate(
         {"system": system, "extra": policy.extra, "allow": policy.allow, "actions": policy.actions}, strict=False
     )
+
+
+@lru_cache(maxsize=1)
+def _always_blocked() -> ContentFilter:
+    lists, _ = shipped_lists()
+    return ContentFilter({c: lists[c] for c in ALWAYS_BLOCKED}, actions={c: Action.block for c in ALWAYS_BLOCKED})
+
+
+def _compile(body: ContentPolicyUpdate) -> None:
+    rules = ContentRules(extra=body.extra, allow=body.allow, actions={k: Action(v) for k, v in body.actions.items()})
+    ContentFilter.default().with_rules(rules)
 
 
 async def get_policy(session: AsyncSession, system_id: str) -> ContentPolicy | None:
@@ -86,7 +101,9 @@ async def screen(
 
     The word lists run first; the optional semantic stage then looks at the (masked) prompt for paraphrases.
     """
-    checker = ContentFilter.default().with_rules(rules_of(await get_policy(session, system_id)))
+    policy = await get_policy(session, system_id)
+    # Building a system's rules the first time (after a start or a change) is CPU work: off the event loop.
+    checker = await asyncio.to_thread(_checker, policy)
     decision: ContentDecision = checker.evaluate(prompt, negative_prompt)
     if not decision.allowed:
         assert decision.category is not None
@@ -106,12 +123,14 @@ async def set_policy(session: AsyncSession, *, system_id: str, body: ContentPoli
         message = f"The category {weakened[0]!r} is always blocked."
         raise ValidationFailed(message, details=[{"field": f"actions.{weakened[0]}", "message": message}])
     try:
-        rules = ContentRules(
-            extra=body.extra, allow=body.allow, actions={k: Action(v) for k, v in body.actions.items()}
-        )
-        ContentFilter.default().with_rules(rules)  # compiles: a bad list fails now, not at the next job
+        await asyncio.to_thread(_compile, body)  # a bad list fails now, not at the next job
     except ValueError as exc:
         raise ValidationFailed(str(exc), details=[{"field": "body", "message": str(exc)}]) from exc
+    for index, term in enumerate(body.allow):
+        # An allowed term suppresses the matches inside it: it must not be a way to let these categories through.
+        if not _always_blocked().evaluate(term).allowed:
+            message = f"An allowed term may not cover an always-blocked category ({', '.join(sorted(ALWAYS_BLOCKED))})."
+            raise ValidationFailed(message, details=[{"field": f"allow.{index}", "message": message}])
     policy = await get_policy(session, system_id) or ContentPolicy(system_id=system_id)
     policy.extra = {k: list(v) for k, v in body.extra.items()}
     policy.allow = list(body.allow)

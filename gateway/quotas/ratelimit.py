@@ -6,6 +6,7 @@ replica counts against one window (the library's Lua script makes check-and-add 
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 
@@ -31,7 +32,12 @@ class RateLimiter:
             return cls(MemoryStorage())
         return cls(
             RedisStorage(
-                f"async+{settings.redis_url}", implementation="redispy", key_prefix=f"{settings.queue_name}:rpm"
+                f"async+{settings.redis_url}",
+                implementation="redispy",
+                key_prefix=f"{settings.queue_name}:rpm",
+                # A paused or unreachable Redis must not hold every request up: give up fast and admit.
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
             )
         )
 
@@ -39,9 +45,10 @@ class RateLimiter:
         """Count one request; None when admitted, else the seconds until one more would be."""
         item = self._items.setdefault(per_minute, RateLimitItemPerMinute(per_minute))
         try:
-            if await self._limiter.hit(item, system_id):
-                return None
-            stats = await self._limiter.get_window_stats(item, system_id)
+            async with asyncio.timeout(1.0):
+                if await self._limiter.hit(item, system_id):
+                    return None
+                stats = await self._limiter.get_window_stats(item, system_id)
         except Exception:
             # Redis down: admit (quotas in the database still bound the spending) rather than refuse all traffic.
             log.warning("ratelimit.unavailable", exc_info=True)

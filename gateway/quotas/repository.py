@@ -100,10 +100,11 @@ async def release(session: AsyncSession, charge: JobCharge, *, images: int, gpu_
     )
 
 
-async def reserved_of(session: AsyncSession, system_id: str) -> list[JobCharge]:
+async def open_charges(session: AsyncSession, job_ids: list[str]) -> list[JobCharge]:
+    """Reserved charges of these jobs, in the order admission locks rows (by system), to rule out deadlocks."""
     result = await session.execute(
-        select(JobCharge).where(
-            col(JobCharge.system_id) == system_id, col(JobCharge.state) == ChargeState.reserved.value
-        )
+        select(JobCharge)
+        .where(col(JobCharge.job_id).in_(job_ids), col(JobCharge.state) == ChargeState.reserved.value)
+        .order_by(col(JobCharge.system_id), col(JobCharge.job_id))
     )
     return list(result.scalars())

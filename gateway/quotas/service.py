@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.common.time import utcnow
-from gateway.errors import ImagegateError
+from gateway.errors import ImagegateError, ValidationFailed
 from gateway.quotas import repository
 from gateway.quotas.models import ChargeState, JobCharge, Quota
 from gateway.quotas.schemas import QuotaUpdate, UsageRead
@@ -66,20 +66,66 @@ async def reserve(session: AsyncSession, *, system_id: str, job_id: str, demand:
     quota = await repository.take_job_slot(session, system_id)
     if quota is None:
         current = await repository.get_quota(session, system_id)
-        assert current is not None and current.concurrent_jobs is not None
-        raise QuotaExceeded(
-            "concurrent_jobs",
-            value=current.concurrent_jobs,
-            used=current.active_jobs,
-            retry_after=max(1, min(60, math.ceil(demand.gpu_seconds))),
-            message=f"This system already has {current.active_jobs} unfinished jobs (limit {current.concurrent_jobs}).",
-        )
+        limit = current.concurrent_jobs if current and current.concurrent_jobs is not None else 0
+        raise _too_many_jobs(limit, current.active_jobs if current else 0, demand)
+    _fits_a_day(quota, demand)
     day = today()
     if not await repository.spend(
         session, system_id, day, images=demand.images, gpu_seconds=demand.gpu_seconds, quota=quota
     ):
         await _refuse_daily(session, quota, day, demand)
     return JobCharge(job_id=job_id, system_id=system_id, day=day, images=demand.images, gpu_seconds=demand.gpu_seconds)
+
+
+def _too_many_jobs(limit: int, active: int, demand: Demand) -> QuotaExceeded:
+    return QuotaExceeded(
+        "concurrent_jobs",
+        value=limit,
+        used=active,
+        # A slot frees when one of the unfinished jobs ends; a job like this one takes about this long.
+        retry_after=max(1, min(60, math.ceil(demand.gpu_seconds))),
+        message=f"This system already has {active} unfinished jobs (limit {limit}).",
+    )
+
+
+def _fits_a_day(quota: Quota, demand: Demand) -> None:
+    """A job bigger than a whole day's limit can never be admitted: that is a 422, not a 429 to retry."""
+    for limit, value, wanted in (
+        ("images_per_day", quota.images_per_day, demand.images),
+        ("gpu_seconds_per_day", quota.gpu_seconds_per_day, demand.gpu_seconds),
+    ):
+        if value is not None and 0 < value < wanted:
+            message = f"This job needs {wanted:g} of {limit}, more than the whole daily limit of {value:g}."
+            raise ValidationFailed(
+                message, code="exceeds_daily_limit", details=[{"field": "body", "message": message, "limit": limit}]
+            )
+
+
+async def precheck(session: AsyncSession, *, system_id: str, demand: Demand) -> None:
+    """A read-only look before costly work (fetching input URLs): refuse now what admission would refuse.
+
+    Not authoritative (nothing is locked); ``reserve`` decides.
+    """
+    quota = await repository.get_quota(session, system_id)
+    if quota is None:
+        return
+    if quota.concurrent_jobs is not None and quota.active_jobs >= quota.concurrent_jobs:
+        raise _too_many_jobs(quota.concurrent_jobs, quota.active_jobs, demand)
+    _fits_a_day(quota, demand)
+    day = today()
+    usage = await repository.get_usage(session, system_id, day)
+    images = usage.images if usage else 0
+    seconds = usage.gpu_seconds if usage else 0.0
+    over_images = quota.images_per_day is not None and images + demand.images > quota.images_per_day
+    over_seconds = quota.gpu_seconds_per_day is not None and seconds + demand.gpu_seconds > quota.gpu_seconds_per_day
+    if over_images or over_seconds:
+        await _refuse_daily(session, quota, day, demand)
+
+
+async def refund_all(session: AsyncSession, job_ids: list[str]) -> None:
+    """Refund several jobs (of any systems) in one transaction, taking locks in admission's order."""
+    for charge in await repository.open_charges(session, job_ids):
+        await refund(session, charge.job_id)
 
 
 async def _refuse_daily(session: AsyncSession, quota: Quota, day: str, demand: Demand) -> None:

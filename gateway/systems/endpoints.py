@@ -36,8 +36,9 @@ from policies.scopes import Scope
 
 router = APIRouter(prefix="/admin/systems", tags=["admin: systems"], responses=error_responses(404))
 Admin = Annotated[Principal, Depends(Authenticator(any_of={Scope.admin}))]
-Name = Annotated[str, Path(max_length=64, description="The system's name")]
-Id = Annotated[str, Path(max_length=40)]
+Name = Annotated[str, Path(max_length=64, pattern=r"^[a-z][a-z0-9_-]{0,63}$", description="The system's name")]
+TokenId = Annotated[str, Path(pattern=r"^tok_[0-9a-f]{28}$")]
+ClientId = Annotated[str, Path(pattern=r"^cli_[0-9a-f]{28}$")]
 
 
 def _actor(request: Request, admin: Principal) -> Actor:
@@ -115,7 +116,7 @@ async def issue_token(
 
 
 @router.post("/{name}/tokens/{token_id}/revoke", response_model=TokenRead)
-async def revoke_token(name: Name, token_id: Id, admin: Admin, request: Request, session: SessionDep) -> TokenRead:
+async def revoke_token(name: Name, token_id: TokenId, admin: Admin, request: Request, session: SessionDep) -> TokenRead:
     """Revoke an API key; it is refused from the next request on."""
     token = await service.revoke_token_of(session, name=name, token_id=token_id)
     record(session, _actor(request, admin), "token.revoke", target=f"system:{name}", details={"token_id": token.id})
@@ -139,7 +140,9 @@ async def create_client(name: Name, admin: Admin, request: Request, session: Ses
 
 
 @router.post("/{name}/oauth-clients/{client_id}/revoke", response_model=ClientRead)
-async def revoke_client(name: Name, client_id: Id, admin: Admin, request: Request, session: SessionDep) -> ClientRead:
+async def revoke_client(
+    name: Name, client_id: ClientId, admin: Admin, request: Request, session: SessionDep
+) -> ClientRead:
     """Revoke an OAuth2 client: no new tokens, and its issued tokens stop working at once."""
     client = await service.revoke_client_of(session, name=name, client_id=client_id)
     record(

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.auth.access_tokens import AccessClaims
 from gateway.auth.tokens import CLIENT_SECRET_PREFIX, display_prefix, generate_token, hash_token, well_formed
+from gateway.common.ids import is_id
 from gateway.common.time import utcnow
 from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.quotas.models import Quota
@@ -153,7 +154,9 @@ async def revoke_oauth_client(session: AsyncSession, *, client_id: str) -> OAuth
 
 async def authenticate_client(session: AsyncSession, client_id: str, secret: str) -> tuple[OAuthClient, System] | None:
     """The client and its system for a valid, unrevoked client id + secret, or None."""
-    found = await repository.get_active_client(session, client_id[:40])
+    if not is_id(client_id, "cli"):
+        return None
+    found = await repository.get_active_client(session, client_id)
     if found is None or not secrets.compare_digest(found[0].secret_hash, hash_token(secret)):
         return None
     return found
@@ -201,14 +204,14 @@ async def set_scopes(session: AsyncSession, *, name: str, scopes: list[str]) -> 
 async def issue_narrowed_token(session: AsyncSession, *, name: str, scopes: list[str] | None) -> IssuedToken:
     """Another key for the system; ``scopes`` narrows it (each must be one the system holds)."""
     system = await get_system(session, name)
+    extra = set(scopes or ()) - set(system.scopes)
+    if extra:
+        raise ValidationFailed(
+            f"The system does not hold: {', '.join(sorted(extra))}.",
+            details=[{"field": "scopes", "message": "a key cannot hold more than its system"}],
+        )
     issued = await _issue(session, system)
     if scopes is not None:
-        extra = set(scopes) - set(system.scopes)
-        if extra:
-            raise ValidationFailed(
-                f"The system does not hold: {', '.join(sorted(extra))}.",
-                details=[{"field": "scopes", "message": "a key cannot hold more than its system"}],
-            )
         issued.token.scopes = sorted(set(scopes))
         session.add(issued.token)
         await session.flush()

@@ -62,7 +62,9 @@ async def test_brand_terms_are_masked_and_the_job_runs(embedded: Stack) -> None:
     job = response.json()
     assert job["prompt"] == "a can of *** on a desk, product photo"
     assert job["notes"] == ["Terms of the content category 'brand' were masked."]
-    assert (await embedded.wait(token, job["id"]))["status"] == "succeeded"
+    done = await embedded.wait(token, job["id"])
+    assert done["status"] == "succeeded"
+    assert done["notes"][0] == "Terms of the content category 'brand' were masked."
 
 
 async def test_per_system_extra_terms_allow_list_and_actions(embedded: Stack) -> None:

@@ -150,3 +150,34 @@ def test_var_dir_alone_places_the_database_and_assets_under_it(tmp_path: Path) -
     result = cli(env, "systems", "add", "crm")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "deep" / "state" / "imagegate.db").is_file()
+
+
+def test_systems_add_oauth_prints_the_client_credentials_on_stdout_only(env: dict[str, str]) -> None:
+    result = cli(env, "systems", "add", "erp", "--oauth")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    client_id = lines[0].removeprefix("client_id=")
+    secret = lines[1].removeprefix("client_secret=")
+    assert client_id.startswith("cli_") and secret.startswith("igs_")
+    assert lines[-1].startswith("igw_")
+    assert secret not in result.stderr
+
+    as_json = json.loads(cli(env, "systems", "add", "erp2", "--oauth", "--json").stdout)
+    assert as_json["client_id"].startswith("cli_") and as_json["client_secret"].startswith("igs_")
+
+
+def test_set_quota_sets_and_clears_limits(env: dict[str, str]) -> None:
+    cli(env, "systems", "add", "crm")
+
+    first = cli(env, "systems", "set-quota", "crm", "--images-per-day", "50", "--concurrent-jobs", "4", "--json")
+    cleared = cli(env, "systems", "set-quota", "crm", "--clear", "images-per-day", "--json")
+    unknown = cli(env, "systems", "set-quota", "crm", "--clear", "bananas")
+    nothing = cli(env, "systems", "set-quota", "crm")
+    missing = cli(env, "systems", "set-quota", "nope", "--images-per-day", "1")
+
+    assert json.loads(first.stdout)["limits"]["images_per_day"] == 50
+    limits = json.loads(cleared.stdout)["limits"]
+    assert limits["images_per_day"] is None and limits["concurrent_jobs"] == 4
+    assert unknown.returncode == 2 and "unknown limit" in unknown.stderr
+    assert nothing.returncode == 2
+    assert missing.returncode == 1 and "No system named" in missing.stderr

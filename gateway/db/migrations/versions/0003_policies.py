@@ -82,7 +82,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.Text(), nullable=True),
         sa.Column("details", sa.JSON(), nullable=False),
         sa.Column("ip", sa.String(64), nullable=True),
-        sa.Column("request_id", sa.String(64), nullable=True),
+        sa.Column("request_id", sa.String(128), nullable=True),
     )
     op.create_index("ix_audit_at", "audit_events", ["at"])
     op.create_index("ix_audit_action", "audit_events", ["action", "id"])
