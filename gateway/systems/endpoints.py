@@ -18,7 +18,7 @@ from gateway.quotas import repository as quota_repository
 from gateway.quotas import service as quotas
 from gateway.quotas.schemas import Limits, QuotaUpdate, UsageRead
 from gateway.systems import repository, service
-from gateway.systems.models import System
+from gateway.systems.models import OAuthClient, System, Token
 from gateway.systems.schemas import (
     ClientIssued,
     ClientRead,
@@ -118,7 +118,7 @@ async def issue_token(
 @router.post("/{name}/tokens/{token_id}/revoke", response_model=TokenRead)
 async def revoke_token(name: Name, token_id: TokenId, admin: Admin, request: Request, session: SessionDep) -> TokenRead:
     """Revoke an API key; it is refused from the next request on."""
-    token = await service.revoke_token_of(session, name=name, token_id=token_id)
+    token = await service.revoke_of(session, Token, name=name, item_id=token_id)
     record(session, _actor(request, admin), "token.revoke", target=f"system:{name}", details={"token_id": token.id})
     await session.commit()
     return TokenRead.of(token)
@@ -144,7 +144,7 @@ async def revoke_client(
     name: Name, client_id: ClientId, admin: Admin, request: Request, session: SessionDep
 ) -> ClientRead:
     """Revoke an OAuth2 client: no new tokens, and its issued tokens stop working at once."""
-    client = await service.revoke_client_of(session, name=name, client_id=client_id)
+    client = await service.revoke_of(session, OAuthClient, name=name, item_id=client_id)
     record(
         session,
         _actor(request, admin),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import secrets
 from dataclasses import dataclass
+from typing import TypeVar
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -142,16 +143,6 @@ async def create_oauth_client(session: AsyncSession, *, system_name: str) -> Iss
     return IssuedClient(system=system, client=client, secret=secret)
 
 
-async def revoke_oauth_client(session: AsyncSession, *, client_id: str) -> OAuthClient:
-    client = await session.get(OAuthClient, client_id)
-    if client is None:
-        raise NotFound(f"No OAuth2 client {client_id!r}.")
-    if client.revoked_at is None:
-        client.revoked_at = utcnow()
-        session.add(client)
-    return client
-
-
 async def authenticate_client(session: AsyncSession, client_id: str, secret: str) -> tuple[OAuthClient, System] | None:
     """The client and its system for a valid, unrevoked client id + secret, or None."""
     if not is_id(client_id, "cli"):
@@ -218,20 +209,17 @@ async def issue_narrowed_token(session: AsyncSession, *, name: str, scopes: list
     return issued
 
 
-async def revoke_token_of(session: AsyncSession, *, name: str, token_id: str) -> Token:
-    system = await get_system(session, name)
-    token = await session.get(Token, token_id)
-    if token is None or token.system_id != system.id:
-        raise NotFound("No such token.", code="token_not_found")
-    if token.revoked_at is None:
-        token.revoked_at = utcnow()
-        session.add(token)
-    return token
+Credential = TypeVar("Credential", Token, OAuthClient)
 
 
-async def revoke_client_of(session: AsyncSession, *, name: str, client_id: str) -> OAuthClient:
+async def revoke_of(session: AsyncSession, model: type[Credential], *, name: str, item_id: str) -> Credential:
+    """Revoke one of the system's keys or OAuth2 clients (another system's id is not found); idempotent."""
     system = await get_system(session, name)
-    client = await session.get(OAuthClient, client_id)
-    if client is None or client.system_id != system.id:
-        raise NotFound("No such OAuth2 client.", code="client_not_found")
-    return await revoke_oauth_client(session, client_id=client_id)
+    item = await session.get(model, item_id)
+    if item is None or item.system_id != system.id:
+        kind = "token" if model is Token else "client"
+        raise NotFound(f"No such {kind}.", code=f"{kind}_not_found")
+    if item.revoked_at is None:
+        item.revoked_at = utcnow()
+        session.add(item)
+    return item

@@ -98,7 +98,23 @@ async def test_gpu_seconds_are_estimated_at_admission_and_settled_with_the_measu
         assert charge.settled_images == 1
 
 
-async def test_a_job_over_the_gpu_seconds_left_today_is_refused(embedded: Stack) -> None:
+async def test_a_job_over_the_gpu_seconds_left_today_is_refused(tmp_path: Any) -> None:
+    from tests.conftest import start_stack
+
+    async for stack in start_stack("embedded", tmp_path, None, preview_step_ms=2000.0):
+        token = await stack.system()
+        await set_quota(stack, token, gpu_seconds_per_day=2.0)
+        big = job_body(width=1024, height=1024, steps=30)  # estimated 1.57 GPU-seconds
+        assert (await stack.client.post("/v1/jobs", json=big, headers=auth(token))).status_code == 202
+
+        refused = await stack.client.post("/v1/jobs", json=big, headers=auth(token))
+
+        assert refused.status_code == 429
+        assert refused.json()["error"]["code"] == "gpu_seconds_per_day_exceeded"
+        assert (await usage(stack, token))["used"]["gpu_seconds"] == pytest.approx(1.573)
+
+
+async def test_a_job_bigger_than_the_whole_gpu_seconds_limit_is_422(embedded: Stack) -> None:
     token = await embedded.system()
     await set_quota(embedded, token, gpu_seconds_per_day=1.0)
 
@@ -106,8 +122,8 @@ async def test_a_job_over_the_gpu_seconds_left_today_is_refused(embedded: Stack)
         "/v1/jobs", json=job_body(width=1024, height=1024, steps=30), headers=auth(token)
     )
 
-    assert refused.status_code == 429
-    assert refused.json()["error"]["code"] == "gpu_seconds_per_day_exceeded"
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "exceeds_daily_limit"
     assert (await usage(embedded, token))["used"] == {"images": 0, "gpu_seconds": 0.0, "concurrent_jobs": 0}
 
 
