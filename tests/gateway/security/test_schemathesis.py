@@ -41,10 +41,14 @@ async def _prepare(directory: Path) -> Any:
 # The app's lifespan runs on schemathesis' own event loop thread, for the whole module.
 _app = create_app(asyncio.run(_prepare(Path(tempfile.mkdtemp(prefix="imagegate-schemathesis-")))))
 schema = schemathesis.openapi.from_asgi("/openapi.json", _app)
+# The bearer token is ours to send (below), not a parameter to fuzz: a "missing Authorization" case that we then
+# send with the token would be reported as invalid data accepted. Missing and bad tokens: tests/gateway/auth.
+schema.config.generation.update(with_security_parameters=False)
 
 
 @schema.parametrize()
-@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+# Derandomized: the same examples on every run, so CI is stable (flip it locally to explore new inputs).
+@settings(max_examples=100, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 def test_no_server_error_and_no_schema_violation(case: Any) -> None:
     if (case.method.upper(), case.path) in EXCLUDED:
         return
