@@ -98,16 +98,28 @@ def unavailable_response(request_id: str | None) -> JSONResponse:
     )
 
 
-# PostgreSQL refuses some text that Python strings can hold (a NUL character): that is the caller's input.
-_UNSTORABLE_TEXT = ("CharacterNotInRepertoireError", "UntranslatableCharacterError")
+# PostgreSQL refuses some text a Python string can hold (a NUL character): that is the caller's input.
+_UNSTORABLE_TEXT = {"22021", "22P05"}  # character_not_in_repertoire, untranslatable_character
+# Conditions that pass: deadlock, serialization failure, lock/statement timeout, shutting down, too many clients.
+_TRANSIENT = {"40P01", "40001", "55P03", "57014", "57P01", "57P03", "53300"}
+
+
+def _sqlstate(exc: Exception) -> str | None:
+    orig = getattr(exc, "orig", None)
+    for candidate in (orig, getattr(orig, "__cause__", None)):
+        state = getattr(candidate, "sqlstate", None)
+        if isinstance(state, str):
+            return state
+    return None
 
 
 async def database_error(request: Request, exc: Exception) -> JSONResponse:
-    if type(getattr(exc, "orig", None)).__name__ in _UNSTORABLE_TEXT or any(
-        name in str(getattr(exc, "orig", "")) for name in _UNSTORABLE_TEXT
-    ):
+    state = _sqlstate(exc)
+    if state in _UNSTORABLE_TEXT:
         return _envelope(422, "validation_error", "The request contains characters that cannot be stored (e.g. NUL).")
-    return await unexpected_error(request, exc)
+    if state in _TRANSIENT or getattr(exc, "connection_invalidated", False):
+        return await unavailable_error(request, exc)
+    raise exc  # a bug: on to the 500 handler with its traceback
 
 
 async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:

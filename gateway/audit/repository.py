@@ -28,7 +28,9 @@ async def list_events(
         query = query.where(AuditEvent.actor == actor)
     if action is not None:
         # "quota" matches quota.set and quota.refused: a prefix up to a dot, or the exact action
-        query = query.where((col(AuditEvent.action) == action) | col(AuditEvent.action).startswith(action + "."))
+        query = query.where(
+            (col(AuditEvent.action) == action) | col(AuditEvent.action).startswith(action + ".", autoescape=True)
+        )
     if target is not None:
         query = query.where(AuditEvent.target == target)
     if outcome is not None:

@@ -20,8 +20,10 @@ from starlette.requests import HTTPConnection
 
 from gateway.audit.models import AuditEvent
 from gateway.db.engine import committed
+from gateway.errors import DATABASE_UNAVAILABLE
 
 log = structlog.get_logger("gateway.audit")
+_AWAY: tuple[type[BaseException], ...] = (TimeoutError, *DATABASE_UNAVAILABLE)  # the database, not the row
 
 
 @dataclass(frozen=True)
@@ -119,21 +121,40 @@ class AuditTrail:
         if not batch:
             return 0
 
-        if await self._write(batch):
+        try:
+            await self._write(batch)
             return len(batch)
+        except _AWAY:
+            log.warning("audit.write_failed", events=len(batch), exc_info=True)
+            self._requeue(batch)  # the database is away: keep them for the next try (row by row would only wait)
+            return 0
+        except Exception:
+            log.warning("audit.batch_refused", events=len(batch), exc_info=True)
         # One row the database refuses must not take the rest of the batch with it.
-        return sum([await self._write([one]) for one in batch])
+        written = 0
+        for one in batch:
+            try:
+                await self._write([one])
+                written += 1
+            except _AWAY:
+                self._requeue(batch[written:])
+                break
+            except Exception:
+                log.warning("audit.row_refused", action=one.action, exc_info=True)
+        return written
 
-    async def _write(self, events: list[AuditEvent]) -> bool:
+    def _requeue(self, events: list[AuditEvent]) -> None:
+        for one in events:
+            try:
+                self._queue.put_nowait(one)
+            except asyncio.QueueFull:
+                self.dropped += 1
+
+    async def _write(self, events: list[AuditEvent]) -> None:
         async def write(session: AsyncSession) -> None:
             session.add_all([AuditEvent(**e.model_dump()) for e in events])  # fresh rows: a failed try leaves none
 
-        try:
-            await committed(self._sessionmaker, write, give_up_after=30)
-        except Exception:
-            log.warning("audit.write_failed", events=len(events), exc_info=True)
-            return False
-        return True
+        await committed(self._sessionmaker, write, give_up_after=10)
 
     async def _run(self) -> None:
         while True:
@@ -142,6 +163,8 @@ class AuditTrail:
             await asyncio.sleep(0.2)  # gather a batch
             while await self.flush():
                 pass
+            if not self._queue.empty():  # the database is away: try again later, not in a tight loop
+                await asyncio.sleep(5)
 
     async def aclose(self) -> None:
         if self._task is not None:

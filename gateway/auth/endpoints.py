@@ -132,7 +132,9 @@ async def token(request: Request) -> Any:
     if grant != "client_credentials":
         return _error(400, "unsupported_grant_type", "Only grant_type=client_credentials is supported.")
     held = client_scopes(client, system)
-    wanted = set(scope.split()) if scope else set(held)
+    wanted = set(scope.split()) if scope is not None else set(held)
+    if not wanted:
+        return _error(400, "invalid_scope", "The scope parameter names no scope.")
     if not wanted <= held:
         return _error(400, "invalid_scope", f"The client does not hold: {', '.join(sorted(wanted - held))}.")
     access_token, ttl = res.access_tokens.issue(client_id=client.id, system_id=system.id, scopes=sorted(wanted))

@@ -22,7 +22,7 @@ Timeout = Annotated[float, Field(gt=0, le=3600)]
 class BasicAuth(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["basic"]
-    username: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^:\s]+$")]
+    username: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^:\s\x00-\x1f\x7f]+$")]
     password: Annotated[str, Field(min_length=1, max_length=500)]
 
 
@@ -43,7 +43,11 @@ Auth = Annotated[BasicAuth | BearerAuth | NoAuth, Field(discriminator="type")]
 def _bounded_options(value: dict[str, Any]) -> dict[str, Any]:
     import json
 
-    if len(json.dumps(value)) > 256 * 1024:
+    try:
+        encoded = json.dumps(value, allow_nan=False)
+    except ValueError:
+        raise ValueError("options must be JSON: NaN and Infinity are not numbers there") from None
+    if len(encoded) > 256 * 1024:
         raise ValueError("options are limited to 256 KiB of JSON")
     return value
 

@@ -11,7 +11,7 @@ _ID = re.compile(r"^[a-z]{3}_[0-9a-f]{28}$")
 
 def is_id(value: str, prefix: str) -> bool:
     """Whether ``value`` has the shape of an id of this kind (anything else cannot exist: answer 404 early)."""
-    return value.startswith(prefix + "_") and _ID.match(value) is not None
+    return value.startswith(prefix + "_") and _ID.fullmatch(value) is not None
 
 
 def new_id(prefix: str) -> str:

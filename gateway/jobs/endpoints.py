@@ -6,13 +6,14 @@ from typing import Annotated
 
 import structlog
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.auth.dependencies import Authenticator
 from gateway.deps import BaseUrlDep, ReadSessionDep, ResourcesDep, SessionDep
 from gateway.errors import error_responses
 from gateway.jobs import service
-from gateway.jobs.models import JobStatus
+from gateway.jobs.models import Job, JobStatus
 from gateway.jobs.schemas import JobCreate, JobList, JobRead
 from gateway.moderation import service as moderation
 from gateway.moderation.service import ContentFiltered
@@ -58,10 +59,7 @@ async def submit_job(
         async with res.read_sessionmaker() as read:
             replayed = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, body=body)
             if replayed is not None:
-                response.headers["Idempotent-Replayed"] = "true"
-                response.headers["Location"] = f"{base}/v1/jobs/{replayed.id}"
-                assets = await service.assets_of(read, [replayed])
-                return JobRead.of(replayed, assets.get(replayed.id, []), base)
+                return await _replayed(read, replayed, response, base)
             await quotas.precheck(read, system_id=principal.system_id, demand=demand)
             screened = await moderation.screen(
                 read,
@@ -85,18 +83,30 @@ async def submit_job(
         res.audit.refused(actor, "content.refused", target="route:POST /v1/jobs", reason=exc.category)
         raise
     except QuotaExceeded as exc:
+        if idempotency_key is not None:
+            # The same key's first request may have committed meanwhile and spent what was left: that is a retry.
+            async with res.read_sessionmaker() as read:
+                first = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, body=body)
+                if first is not None:
+                    return await _replayed(read, first, response, base)
         res.audit.refused(actor, "quota.refused", target="route:POST /v1/jobs", reason=exc.code)
         raise
     await session.commit()
-    if created:
-        try:
-            assert job.queue_ref is not None
-            await res.queue.enqueue(job.id, job.queue_ref)
-        except Exception:
-            # Committed means accepted: the reconciler enqueues it once the queue is back.
-            log.exception("job.enqueue_failed", job_id=job.id)
-    else:
-        response.headers["Idempotent-Replayed"] = "true"
+    if not created:
+        return await _replayed(session, job, response, base)
+    try:
+        assert job.queue_ref is not None
+        await res.queue.enqueue(job.id, job.queue_ref)
+    except Exception:
+        # Committed means accepted: the reconciler enqueues it once the queue is back.
+        log.exception("job.enqueue_failed", job_id=job.id)
+    response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
+    return JobRead.of(job, [], base)
+
+
+async def _replayed(session: AsyncSession, job: Job, response: Response, base: str) -> JobRead:
+    """The answer to a retried submission: the first request's job, as it is now."""
+    response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"{base}/v1/jobs/{job.id}"
     assets = await service.assets_of(session, [job])
     return JobRead.of(job, assets.get(job.id, []), base)

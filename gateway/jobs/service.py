@@ -97,9 +97,11 @@ async def create_job(
             session.add(charge)
             await session.flush()
     except (IntegrityError, QuotaExceeded):
+        if idempotency_key is None:
+            raise
         # A concurrent request with the same key won the race (on PostgreSQL we waited for its commit on the
         # quota row, and may then find the quota spent by that very job): answer with its job.
-        existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key or "")
+        existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
         if existing is None:
             raise
         return _replay(existing, digest), False

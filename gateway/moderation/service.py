@@ -81,6 +81,12 @@ def _always_blocked() -> ContentFilter:
 
 
 def _compile(body: ContentPolicyUpdate) -> None:
+    """Validate and compile a policy (CPU work: called in a thread). ValidationFailed names the bad part."""
+    for index, term in enumerate(body.allow):
+        # An allowed term suppresses the matches inside it: it must not be a way to let these categories through.
+        if not _always_blocked().evaluate(term).allowed:
+            message = f"An allowed term may not cover an always-blocked category ({', '.join(sorted(ALWAYS_BLOCKED))})."
+            raise ValidationFailed(message, details=[{"field": f"allow.{index}", "message": message}])
     rules = ContentRules(extra=body.extra, allow=body.allow, actions={k: Action(v) for k, v in body.actions.items()})
     ContentFilter.default().with_rules(rules)
 
@@ -126,11 +132,6 @@ async def set_policy(session: AsyncSession, *, system_id: str, body: ContentPoli
         await asyncio.to_thread(_compile, body)  # a bad list fails now, not at the next job
     except ValueError as exc:
         raise ValidationFailed(str(exc), details=[{"field": "body", "message": str(exc)}]) from exc
-    for index, term in enumerate(body.allow):
-        # An allowed term suppresses the matches inside it: it must not be a way to let these categories through.
-        if not _always_blocked().evaluate(term).allowed:
-            message = f"An allowed term may not cover an always-blocked category ({', '.join(sorted(ALWAYS_BLOCKED))})."
-            raise ValidationFailed(message, details=[{"field": f"allow.{index}", "message": message}])
     policy = await get_policy(session, system_id) or ContentPolicy(system_id=system_id)
     policy.extra = {k: list(v) for k, v in body.extra.items()}
     policy.allow = list(body.allow)
