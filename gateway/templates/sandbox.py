@@ -1,0 +1,218 @@
+"""Rendering prompt templates safely: Jinja's ImmutableSandboxedEnvironment, plain-data records, and bounds.
+
+The sandbox stops attribute escapes (``''.__class__``, ``|attr``, unsafe ``format``) but not resource use:
+``'a' * 50_000_000``, ``2 ** 100000`` and nested loops all run (../shared/reference/security.md). So this
+environment also caps ``*`` and ``**``; rewrites every ``{% for %}`` to draw from one iteration budget per render
+(which also checks the clock); refuses the string methods and filters that grow text by a number (``ljust``,
+``center``, ``format``, ...); and stops when the output passes ``max_output`` characters.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+
+from gateway.templates.filters import FILTERS
+
+MAX_OUTPUT = 64 * 1024
+MAX_SECONDS = 0.5
+MAX_ITERATIONS = 10_000
+MAX_REPEAT = 10_000  # the longest text or list `*` may build
+MAX_EXPONENT = 64
+
+# Methods of str that build text as long as a number says: refused as attributes.
+_GROWING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map"})
+# Filters that do the same, or that print internals.
+_DROPPED_FILTERS = ("center", "indent", "wordwrap", "format", "pprint", "xmlattr", "filesizeformat", "attr")
+
+
+class RenderError(Exception):
+    """A template that cannot be rendered (syntax, a missing field, a refused operation, a bound passed).
+
+    ``kind`` is one of ``syntax``, ``undefined``, ``unsafe``, ``too_large``, ``too_slow``, ``error``.
+    """
+
+    def __init__(self, kind: str, message: str, line: int | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.line = line
+
+
+class _Budget:
+    """Per-render counters: every loop iteration and ``range`` spends from it, and it watches the clock."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.iterations = 0
+
+    def spend(self, count: int) -> None:
+        self.iterations += count
+        if self.iterations > MAX_ITERATIONS:
+            raise SecurityError(f"the template loops more than {MAX_ITERATIONS} times")
+        if time.monotonic() > self.deadline:
+            raise _TooSlow
+
+
+class _TooSlow(Exception):
+    pass
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("template_budget", default=None)
+
+
+def _budget() -> _Budget:
+    budget = _BUDGET.get()
+    if budget is None:
+        raise SecurityError("templates run only through PromptEnvironment.render")
+    return budget
+
+
+def _iterate(iterable: Iterable[Any]) -> Iterator[Any]:
+    """What every ``{% for %}`` loops over after ``check``: the items, paid for one by one."""
+    budget = _budget()
+    for item in iterable:
+        budget.spend(1)
+        yield item
+
+
+def _sized(value: Any) -> int | None:
+    return len(value) if isinstance(value, str | list | tuple) else None
+
+
+class PromptEnvironment(ImmutableSandboxedEnvironment):
+    """The one Jinja environment for prompt templates."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def __init__(self, filters: Mapping[str, Callable[..., Any]] | None = None) -> None:
+        super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+        for name in _DROPPED_FILTERS:
+            self.filters.pop(name, None)
+        self.filters.update(FILTERS if filters is None else filters)
+        # No lipsum, cycler, joiner, dict: a small, plain surface.
+        self.globals = {"range": _range, _ITERATE: _iterate}
+
+    def wrap_str_format(self, value: Any) -> None:
+        """No ``str.format`` in prompt templates, by any path (``.format``, ``['format']``): a width can be huge."""
+        return None
+
+    def format_string(self, *args: Any, **kwargs: Any) -> str:
+        raise SecurityError("str.format is not available in templates")
+
+    def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
+        if isinstance(obj, str) and attr in _GROWING_METHODS:
+            return False
+        return super().is_safe_attribute(obj, attr, value)
+
+    def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        if operator == "**":
+            if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
+                raise SecurityError(f"exponents are limited to {MAX_EXPONENT}")
+            return left**right
+        # "*": text or lists repeated by a number must stay small
+        for seq, count in ((left, right), (right, left)):
+            size = _sized(seq)
+            if size is not None and isinstance(count, int) and size * count > MAX_REPEAT:
+                raise SecurityError(f"repeating text or a list is limited to {MAX_REPEAT} items")
+        numbers = isinstance(left, int | float) and isinstance(right, int | float)
+        if numbers and math.log10(abs(left) + 1) + math.log10(abs(right) + 1) > 30:
+            raise SecurityError("numbers are limited to 30 digits")
+        return left * right
+
+    def check(self, source: str) -> nodes.Template:
+        """Parse and validate a template without rendering it; returns the tree ``render`` compiles.
+
+        Refused: syntax errors, names and attributes starting with ``_``, and templates that import, include or
+        extend others (a prompt template is one text). Every loop is rewritten to spend from the render budget.
+        """
+        try:
+            tree = self.parse(source)
+        except TemplateSyntaxError as exc:
+            raise RenderError("syntax", exc.message or "invalid template syntax", exc.lineno) from None
+        for getattr_node in tree.find_all(nodes.Getattr):
+            _check_name(getattr_node.attr, getattr_node.lineno)
+            if getattr_node.attr in _GROWING_METHODS:
+                # Refused here too, not only at run time: Jinja folds constant expressions while compiling.
+                raise RenderError("unsafe", f"the method {getattr_node.attr!r} is not allowed", getattr_node.lineno)
+        for name_node in tree.find_all(nodes.Name):
+            _check_name(name_node.name, name_node.lineno)
+        for node in tree.find_all((nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends)):
+            raise RenderError("unsafe", "templates cannot import, include or extend others", node.lineno)
+        for loop in tree.find_all(nodes.For):
+            budgeted = nodes.Call(nodes.Name(_ITERATE, "load"), [loop.iter], [], None, None, lineno=loop.lineno)
+            loop.iter = budgeted
+        return tree
+
+    def render(self, source: str, data: Mapping[str, Any], *, max_output: int = MAX_OUTPUT) -> str:
+        """Render ``source`` with plain data (dicts, lists, str, int, float, bool, None only)."""
+        tree = self.check(source)
+        _require_plain(data)
+        budget = _Budget(time.monotonic() + MAX_SECONDS)
+        token = _BUDGET.set(budget)  # per render, also when renders run at once in several threads
+        try:
+            template = self.from_string(tree)
+            parts: list[str] = []
+            size = 0
+            for chunk in template.generate(**data):
+                size += len(chunk)
+                if size > max_output:
+                    raise RenderError("too_large", f"the rendered text passes {max_output} characters")
+                budget.spend(0)  # the clock, between output chunks
+                parts.append(chunk)
+            return "".join(parts)
+        except RenderError:
+            raise
+        except _TooSlow:
+            raise RenderError("too_slow", f"rendering took longer than {MAX_SECONDS} s") from None
+        except SecurityError as exc:
+            raise RenderError("unsafe", str(exc)) from None
+        except TemplateError as exc:
+            kind = "undefined" if type(exc).__name__ == "UndefinedError" else "error"
+            raise RenderError(kind, exc.message or str(exc)) from None
+        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
+            raise RenderError("error", f"{type(exc).__name__}: {exc}") from None
+        finally:
+            _BUDGET.reset(token)
+
+
+_ITERATE = "iterate_within_budget"  # not startable with "_": user templates cannot name it (check refuses them)
+
+
+def _check_name(name: str, line: int) -> None:
+    if name.startswith("_") or name == _ITERATE:
+        raise RenderError("unsafe", f"the name {name!r} is not allowed", line)
+
+
+def _range(*args: int) -> range:
+    numbers = range(*args)
+    budget = _budget()
+    # Loops pay per item; a range that could never be paid for (range(10**9)|list) is refused before it is built.
+    if budget.iterations + len(numbers) > MAX_ITERATIONS:
+        raise SecurityError(f"the template loops more than {MAX_ITERATIONS} times")
+    return numbers
+
+
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _require_plain(value: Any, depth: int = 0) -> None:
+    """Records are data, never objects with methods to call: anything else is refused before rendering."""
+    if depth > 20:
+        raise RenderError("unsafe", "the record is nested too deeply")
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise RenderError("unsafe", "record keys must be strings")
+            _require_plain(item, depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _require_plain(item, depth + 1)
+    elif not isinstance(value, _PLAIN):
+        raise RenderError("unsafe", f"records hold plain data only, not {type(value).__name__}")
