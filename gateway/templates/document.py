@@ -1,0 +1,153 @@
+"""A template document: YAML front matter (parameters, the record it expects) and a Jinja prompt text.
+
+```
+---
+name: crm.product_main
+record: product
+schema: {type: object, required: [name], properties: {name: {type: string, maxLength: 200}}}
+negative_prompt: "blurry, text, watermark"
+width: 1200
+height: 1200
+tags: [product, main]
+data: {scenes: {electronics: a modern home office}}
+---
+Professional product photo of {{ product.name }} on a clean white background.
+```
+
+The prompt (the text after the front matter) and ``negative_prompt`` are Jinja, rendered with the record (as
+``record`` and under its kind's name) and the constants in ``data``. Parameters are the job's own, with its bounds.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.templates.sandbox import PromptEnvironment, RenderError
+
+_FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.DOTALL)
+MAX_SOURCE = 64 * 1024
+Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=100)]
+Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+
+
+class _NoAliases(yaml.SafeLoader):
+    """Safe YAML without anchors and aliases: an alias bomb expands exponentially when walked."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError("anchors and aliases are not allowed")
+        return super().compose_node(parent, index)
+
+
+class TemplateInvalid(Exception):
+    """The document cannot be a template: ``field`` names where (``front_matter.width``, ``prompt``, ...)."""
+
+    def __init__(self, field: str, message: str, line: int | None = None) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+        self.line = line
+
+
+class FrontMatter(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Name
+    description: Annotated[str, Field(max_length=500)] = ""
+    record: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", description="The record kind, e.g. product")]
+    schema_: dict[str, Any] = Field(alias="schema", default_factory=lambda: {"type": "object"})
+    negative_prompt: Annotated[str, Field(max_length=4000)] = ""
+    width: Dimension = 1024
+    height: Dimension = 1024
+    steps: Annotated[int, Field(ge=1, le=150)] = 30
+    guidance_scale: Annotated[float, Field(ge=0, le=30, strict=False)] = 7.0
+    n: Annotated[int, Field(ge=1, le=8)] = 1
+    model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    output_format: Literal["png", "jpeg", "webp"] = "png"
+    tags: Annotated[list[Annotated[str, Field(min_length=1, max_length=50)]], Field(max_length=20)] = []
+    data: dict[str, Any] = Field(default_factory=dict, description="Constants for the template (e.g. scene tables)")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    prompt: str
+    negative_prompt: str
+    parameters: dict[str, Any]
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TemplateDocument:
+    source: str
+    front: FrontMatter
+    body: str
+
+    @property
+    def name(self) -> str:
+        return self.front.name
+
+    def validate_record(self, record: Any) -> None:
+        """Raise TemplateInvalid naming the first field of ``record`` the schema refuses (as ``record.<path>``)."""
+        errors = sorted(Draft202012Validator(self.front.schema_).iter_errors(record), key=lambda e: list(e.path))
+        if errors:
+            first = errors[0]
+            path = ".".join(str(p) for p in first.absolute_path)
+            raise TemplateInvalid(f"record.{path}" if path else "record", first.message[:300])
+
+    def render(self, record: dict[str, Any], env: PromptEnvironment) -> Rendered:
+        self.validate_record(record)
+        data = {**self.front.data, "record": record, self.front.record: record}
+        try:
+            prompt = env.render(self.body, data).strip()
+            negative = env.render(self.front.negative_prompt, data).strip()
+        except RenderError as exc:
+            raise TemplateInvalid("template", exc.message, exc.line) from None
+        if not prompt:
+            raise TemplateInvalid("prompt", "the template rendered an empty prompt for this record")
+        parameters = self.front.model_dump(
+            include={"width", "height", "steps", "guidance_scale", "n", "model", "output_format"}
+        )
+        return Rendered(prompt=prompt, negative_prompt=negative, parameters=parameters, tags=list(self.front.tags))
+
+
+def parse(source: str, env: PromptEnvironment) -> TemplateDocument:
+    """Parse and check a document (front matter, schema, Jinja) without rendering it; TemplateInvalid if wrong."""
+    if len(source) > MAX_SOURCE:
+        raise TemplateInvalid("source", f"a template is at most {MAX_SOURCE} characters")
+    match = _FRONT.match(source)
+    if match is None:
+        raise TemplateInvalid("source", "expected front matter between two '---' lines, then the prompt text")
+    try:
+        raw = yaml.load(match.group(1), Loader=_NoAliases)  # noqa: S506 - a SafeLoader, minus aliases
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        reason = str(exc) if "aliases" in str(exc) else "not valid YAML"
+        raise TemplateInvalid("front_matter", reason, mark.line + 2 if mark else None) from None
+    if not isinstance(raw, dict):
+        raise TemplateInvalid("front_matter", "expected a mapping of settings")
+    try:
+        front = FrontMatter.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(p) for p in error["loc"]) or "front_matter"
+        raise TemplateInvalid(f"front_matter.{where}", str(error["msg"])) from None
+    try:
+        Draft202012Validator.check_schema(front.schema_)
+    except SchemaError as exc:
+        raise TemplateInvalid("front_matter.schema", f"not a valid JSON schema: {exc.message[:200]}") from None
+    body = match.group(2)
+    for part, text in (("prompt", body), ("front_matter.negative_prompt", front.negative_prompt)):
+        try:
+            env.check(text)
+        except RenderError as exc:
+            raise TemplateInvalid(part, exc.message, exc.line) from None
+    if not body.strip():
+        raise TemplateInvalid("prompt", "the prompt text after the front matter is empty")
+    return TemplateDocument(source=source, front=front, body=body)
