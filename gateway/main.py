@@ -28,6 +28,8 @@ from gateway.observability.middleware import BodyLimitMiddleware, RequestContext
 from gateway.quotas.endpoints import router as usage_router
 from gateway.resources import close_resources, open_resources
 from gateway.systems.endpoints import router as systems_router
+from gateway.templates.endpoints import router as templates_router
+from gateway.templates.service import load_shipped
 
 log = structlog.get_logger("gateway")
 
@@ -49,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await prepare_database(settings)
         res = await open_resources(settings, role="api")
         app.state.resources = res
+        await load_shipped(res.sessionmaker)
         if res.runner is not None:
             res.runner.start()
         log.info("gateway.started", queue="distributed" if settings.distributed else "embedded")
@@ -95,6 +98,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(jobs_router)
     v1.include_router(assets_router)
     v1.include_router(usage_router)
+    v1.include_router(templates_router)
     v1.include_router(systems_router)
     v1.include_router(backends_router)
     v1.include_router(audit_router)

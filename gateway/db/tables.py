@@ -7,6 +7,7 @@ from gateway.jobs.models import Job
 from gateway.moderation.models import ContentPolicy
 from gateway.quotas.models import JobCharge, Quota, UsageDay
 from gateway.systems.models import OAuthClient, System, Token
+from gateway.templates.models import TemplateVersion
 
 __all__ = [
     "Asset",
@@ -19,6 +20,7 @@ __all__ = [
     "OAuthClient",
     "Quota",
     "System",
+    "TemplateVersion",
     "Token",
     "UsageDay",
 ]

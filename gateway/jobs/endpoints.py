@@ -20,6 +20,7 @@ from gateway.moderation.service import ContentFiltered
 from gateway.quotas import service as quotas
 from gateway.quotas.service import QuotaExceeded
 from gateway.systems.service import Principal
+from gateway.templates import service as templates
 from policies.scopes import Scope
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -52,14 +53,24 @@ async def submit_job(
 ) -> JobRead:
     """Queue a generation job; it runs asynchronously (poll it, or wait for its callback)."""
     actor = Actor.of(request, principal.system_name, principal.credential)
-    demand = service.demand_of(body, res.settings.quota_seconds_per_megapixel_step)
+    sent = body  # as the caller sent it: idempotency compares this, not what a template fills in
+    digest = service.request_hash(sent)
+    template = None
     try:
         # Before the write transaction: no database lock is held while the filter runs or a URL is fetched.
         # A retry of an accepted submission is answered first: it is not screened, fetched or charged again.
         async with res.read_sessionmaker() as read:
-            replayed = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, body=body)
+            replayed = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, body=sent)
             if replayed is not None:
                 return await _replayed(read, replayed, response, base)
+            if body.template is not None:
+                assert body.record is not None
+                template = await templates.resolve(
+                    read, principal=principal, name=body.template, version=body.template_version
+                )
+                body = service.with_template(body, await templates.render(template, body.record))
+            assert body.prompt is not None
+            demand = service.demand_of(body, res.settings.quota_seconds_per_megapixel_step)
             await quotas.precheck(read, system_id=principal.system_id, demand=demand)
             screened = await moderation.screen(
                 read,
@@ -78,6 +89,8 @@ async def submit_job(
             screened=screened,
             demand=demand,
             fetch=fetched.lookup,
+            digest=digest,
+            template=template,
         )
     except ContentFiltered as exc:
         res.audit.refused(actor, "content.refused", target="route:POST /v1/jobs", reason=exc.category)
@@ -86,7 +99,7 @@ async def submit_job(
         if idempotency_key is not None:
             # The same key's first request may have committed meanwhile and spent what was left: that is a retry.
             async with res.read_sessionmaker() as read:
-                first = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, body=body)
+                first = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, body=sent)
                 if first is not None:
                     return await _replayed(read, first, response, base)
         res.audit.refused(actor, "quota.refused", target="route:POST /v1/jobs", reason=exc.code)

@@ -65,6 +65,10 @@ class Job(SQLModel, table=True):
     error_code: str | None = Field(default=None, max_length=64)
     error_message: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
+    template_version_id: str | None = Field(default=None, max_length=40)  # the exact version it was rendered from
+    template_name: str | None = Field(default=None, max_length=100)
+    template_version: int | None = Field(default=None)
+
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -57,7 +57,16 @@ InputImage = Annotated[
 class JobCreate(JobParameters):
     """Body of ``POST /v1/jobs``. With `init_image` it is an image-to-image job."""
 
-    prompt: Annotated[NonBlankText, Field(min_length=1, max_length=4000)]
+    prompt: Annotated[NonBlankText, Field(min_length=1, max_length=4000)] | None = Field(
+        default=None, description="The prompt; or give `template` and `record` to have it rendered"
+    )
+    template: Annotated[str, Field(max_length=100, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")] | None = Field(
+        default=None, description="A template name: its prompt and parameters, rendered from `record`"
+    )
+    template_version: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
+        default=None, description="Default: the newest"
+    )
+    record: dict[str, Any] | None = Field(default=None, description="The business record the template renders")
     init_image: InputImage | None = None
     mask: InputImage | None = Field(default=None, description="White areas are repainted (needs `init_image`)")
     denoising_strength: Annotated[float, Field(ge=0, le=1)] | None = Field(
@@ -65,10 +74,26 @@ class JobCreate(JobParameters):
     )
 
     @model_validator(mode="after")
+    def _prompt_or_template(self) -> JobCreate:
+        if (self.prompt is None) == (self.template is None):
+            raise ValueError("give either prompt, or template and record")
+        if self.template is None and (self.record is not None or self.template_version is not None):
+            raise ValueError("record and template_version need a template")
+        if self.template is not None and self.record is None:
+            raise ValueError("a template needs its record")
+        return self
+
+    @model_validator(mode="after")
     def _image_to_image_fields(self) -> JobCreate:
         if self.init_image is None and (self.mask is not None or self.denoising_strength is not None):
             raise ValueError("mask and denoising_strength need an init_image")
         return self
+
+
+class TemplateUsed(BaseModel):
+    name: str
+    version: int
+    id: str = Field(description="The exact template version the prompt was rendered from")
 
 
 class JobError(BaseModel):
@@ -103,6 +128,7 @@ class JobRead(BaseModel):
     finished_at: datetime | None
     error: JobError | None
     notes: list[str] = Field(description="What the gateway adjusted or retried (e.g. a smaller size after OOM)")
+    template: TemplateUsed | None = Field(default=None, description="Set when the prompt came from a template")
     assets: list[AssetRead]
 
     @classmethod
@@ -135,6 +161,9 @@ class JobRead(BaseModel):
             finished_at=job.finished_at,
             error=error,
             notes=list(job.notes or []),
+            template=TemplateUsed(name=job.template_name, version=job.template_version, id=job.template_version_id)
+            if job.template_version_id and job.template_name and job.template_version
+            else None,
             assets=[AssetRead.of(a, base_url) for a in assets],
         )
 

@@ -24,6 +24,8 @@ from gateway.moderation.service import Screened
 from gateway.quotas import service as quotas
 from gateway.quotas.service import Demand, QuotaExceeded
 from gateway.systems.service import Principal
+from gateway.templates.document import Rendered
+from gateway.templates.models import TemplateVersion
 
 
 def request_hash(body: JobCreate) -> str:
@@ -41,13 +43,15 @@ async def create_job(
     screened: Screened,
     demand: Demand,
     fetch: Fetch | None = None,
+    digest: str | None = None,
+    template: TemplateVersion | None = None,
 ) -> tuple[Job, bool]:
     """Persist a queued job with its quota reservation; returns ``(job, created)``.
 
     ``screened`` is the prompt after the content policy; a repeated idempotency key returns the first job
     (and reserves nothing). QuotaExceeded leaves nothing written.
     """
-    digest = request_hash(body)
+    digest = digest or request_hash(body)  # of the body as sent (a template's rendering fills in more)
     if idempotency_key is not None:
         existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
         if existing is not None:
@@ -67,6 +71,9 @@ async def create_job(
         prompt=screened.prompt,
         negative_prompt=screened.negative_prompt,
         notes=list(screened.notes),
+        template_version_id=template.id if template else None,
+        template_name=template.name if template else None,
+        template_version=template.version if template else None,
         width=body.width,
         height=body.height,
         steps=body.steps,
@@ -121,6 +128,16 @@ async def fetch_inputs(body: JobCreate, fetch: Fetch) -> _Fetched:
         if value is not None and is_url(value) and value not in fetched:
             fetched[value] = await fetch_input(value, field, fetch)
     return fetched
+
+
+def with_template(body: JobCreate, rendered: Rendered) -> JobCreate:
+    """The body a template makes: its prompt and parameters, under what the caller set explicitly."""
+    given = body.model_fields_set
+    values = {k: v for k, v in rendered.parameters.items() if k not in given}
+    values["prompt"] = rendered.prompt
+    if "negative_prompt" not in given:
+        values["negative_prompt"] = rendered.negative_prompt
+    return body.model_copy(update=values)
 
 
 def demand_of(body: JobCreate, seconds_per_megapixel_step: float) -> Demand:

@@ -61,6 +61,7 @@ class FrontMatter(BaseModel):
 
     name: Name
     description: Annotated[str, Field(max_length=500)] = ""
+    private: bool = Field(default=False, description="Only the writing system sees and uses it (else: the library)")
     record: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$", description="The record kind, e.g. product")]
     schema_: dict[str, Any] = Field(alias="schema", default_factory=lambda: {"type": "object"})
     negative_prompt: Annotated[str, Field(max_length=4000)] = ""
@@ -105,8 +106,9 @@ class TemplateDocument:
         self.validate_record(record)
         data = {**self.front.data, "record": record, self.front.record: record}
         try:
-            prompt = env.render(self.body, data).strip()
-            negative = env.render(self.front.negative_prompt, data).strip()
+            # Line breaks in a template are for its authors: prompts get single spaces.
+            prompt = " ".join(env.render(self.body, data).split())
+            negative = " ".join(env.render(self.front.negative_prompt, data).split())
         except RenderError as exc:
             raise TemplateInvalid("template", exc.message, exc.line) from None
         if not prompt:

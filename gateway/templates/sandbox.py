@@ -32,6 +32,13 @@ _GROWING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs",
 _DROPPED_FILTERS = ("center", "indent", "wordwrap", "format", "pprint", "xmlattr", "filesizeformat", "attr")
 
 
+class PromptUndefined(StrictUndefined):
+    """A missing field: false in ``{% if record.tagline %}`` (optional fields), an error anywhere else."""
+
+    def __bool__(self) -> bool:  # type: ignore[override]  # the parent's never returns: it raises
+        return False
+
+
 class RenderError(Exception):
     """A template that cannot be rendered (syntax, a missing field, a refused operation, a bound passed).
 
@@ -92,7 +99,7 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"*", "**"})
 
     def __init__(self, filters: Mapping[str, Callable[..., Any]] | None = None) -> None:
-        super().__init__(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False)
+        super().__init__(undefined=PromptUndefined, autoescape=False, keep_trailing_newline=False)
         for name in _DROPPED_FILTERS:
             self.filters.pop(name, None)
         self.filters.update(FILTERS if filters is None else filters)

@@ -43,7 +43,7 @@ def test_a_document_parses_and_renders_an_english_record() -> None:
 
     assert document.name == "crm.product_main"
     assert rendered.prompt == (
-        "Professional product photo of Desk Lamp, dimmable, USB-C and oak base,\nset in a modern home office."
+        "Professional product photo of Desk Lamp, dimmable, USB-C and oak base, set in a modern home office."
     )
     assert rendered.negative_prompt == "blurry, text, watermark"
     assert rendered.parameters == {

@@ -131,3 +131,8 @@ def test_filters_take_lookup_join_natural_clean() -> None:
     assert render("{{ xs | join_natural }}", xs=["red", "green", "blue"]) == "red, green and blue"
     assert render("{{ t | clean }}", t="  two\n\nlines  ") == "two lines"
     assert refused("{{ xs | take(-1) }}", xs=[1]).kind == "error"
+
+
+def test_a_missing_optional_field_is_false_in_a_test_and_an_error_when_printed() -> None:
+    assert render("a{% if r.tagline %}, {{ r.tagline }}{% endif %}", r={"name": "x"}) == "a"
+    assert refused("{{ r.tagline }}", r={"name": "x"}).kind == "undefined"
