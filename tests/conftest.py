@@ -24,6 +24,7 @@ from gateway.jobs.worker import build_worker
 from gateway.main import create_app
 from gateway.resources import Resources
 from gateway.systems import service as systems_service
+from gateway.templates.service import load_shipped
 from tests.services import check_redis, create_pg_database, drop_pg_database
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
@@ -155,7 +156,8 @@ async def start_stack(
     async with app.router.lifespan_context(app):
         res: Resources = app.state.resources
         if mode == "distributed":
-            await _truncate(res)
+            await _truncate(res)  # the shared test database: empty it, then put the shipped library back
+            await load_shipped(res.sessionmaker)
         transport = httpx.ASGITransport(app=app)
         async with (
             AsyncExitStack() as stack,

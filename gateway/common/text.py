@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
@@ -48,3 +48,30 @@ def _integral(value: object) -> object:
 
 # Put after the Field constraints: Annotated[int, Field(ge=1), INTEGRAL] keeps them in the JSON schema.
 INTEGRAL = BeforeValidator(_integral)
+
+
+MAX_RECORD_BYTES = 64 * 1024
+
+
+def _plain_record(value: object) -> object:
+    """A business record: JSON data of at most 64 KB whose text holds no control characters or lone surrogates."""
+    import json
+
+    def walk(node: object) -> None:
+        if isinstance(node, str):
+            _safe(node)
+        elif isinstance(node, dict):
+            for key, item in node.items():
+                _safe(str(key))
+                walk(item)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(value)
+    if len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
+        raise ValueError(f"a record is at most {MAX_RECORD_BYTES} bytes of JSON")
+    return value
+
+
+Record = Annotated[dict[str, Any], AfterValidator(_plain_record)]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from gateway.assets.models import Asset
 from gateway.assets.schemas import AssetRead
-from gateway.common.text import INTEGRAL, NonBlankText, SafeText
+from gateway.common.text import INTEGRAL, NonBlankText, Record, SafeText
 from gateway.jobs.models import Job, JobStatus
 
 MAX_SEED = 2**32 - 1
@@ -66,7 +66,7 @@ class JobCreate(JobParameters):
     template_version: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(
         default=None, description="Default: the newest"
     )
-    record: dict[str, Any] | None = Field(default=None, description="The business record the template renders")
+    record: Record | None = Field(default=None, description="The business record the template renders (<= 64 KB)")
     init_image: InputImage | None = None
     mask: InputImage | None = Field(default=None, description="White areas are repainted (needs `init_image`)")
     denoising_strength: Annotated[float, Field(ge=0, le=1)] | None = Field(

@@ -7,6 +7,7 @@ import json
 import secrets
 from collections.abc import Sequence
 
+from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -14,7 +15,7 @@ from gateway.assets import repository as asset_repository
 from gateway.assets.models import Asset
 from gateway.assets.storage import LocalAssetStore
 from gateway.common.ids import is_id
-from gateway.errors import Conflict, NotFound
+from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.jobs import repository
 from gateway.jobs.inputs import Fetch, fetch_input, is_url, store_input
 from gateway.jobs.models import Job, JobStatus
@@ -133,11 +134,20 @@ async def fetch_inputs(body: JobCreate, fetch: Fetch) -> _Fetched:
 def with_template(body: JobCreate, rendered: Rendered) -> JobCreate:
     """The body a template makes: its prompt and parameters, under what the caller set explicitly."""
     given = body.model_fields_set
-    values = {k: v for k, v in rendered.parameters.items() if k not in given}
+    values = {k: v for k, v in rendered.parameters.items() if k not in given and v is not None}
     values["prompt"] = rendered.prompt
     if "negative_prompt" not in given:
         values["negative_prompt"] = rendered.negative_prompt
-    return body.model_copy(update=values)
+    sent = body.model_dump(exclude_unset=True, exclude={"template", "template_version", "record"})
+    try:  # validated like a prompt the caller wrote: length, control characters
+        return JobCreate.model_validate({**sent, **values})
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(p) for p in error["loc"]) or "prompt"
+        message = f"the rendered {field} is not valid: {error['msg']}"
+        raise ValidationFailed(
+            message, code="template_invalid", details=[{"field": field, "message": message}]
+        ) from None
 
 
 def demand_of(body: JobCreate, seconds_per_megapixel_step: float) -> Demand:

@@ -27,14 +27,22 @@ from typing import Annotated, Any, Literal
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
+from jsonschema_specifications import REGISTRY as SPECIFICATIONS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from referencing import Registry
+from referencing.exceptions import NoSuchResource
+from referencing.exceptions import Unresolvable as ReferencingError
 
-from gateway.templates.sandbox import PromptEnvironment, RenderError
+from gateway.templates.sandbox import PromptEnvironment, RenderError, require_plain
 
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.DOTALL)
 MAX_SOURCE = 64 * 1024
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=100)]
 Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+
+
+def _no_retrieval(uri: str) -> Any:
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]  # an attrs class: its fields are its arguments
 
 
 class _NoAliases(yaml.SafeLoader):
@@ -68,7 +76,7 @@ class FrontMatter(BaseModel):
     width: Dimension = 1024
     height: Dimension = 1024
     steps: Annotated[int, Field(ge=1, le=150)] = 30
-    guidance_scale: Annotated[float, Field(ge=0, le=30, strict=False)] = 7.0
+    guidance_scale: Annotated[float, Field(ge=0, le=30)] = 7.0
     n: Annotated[int, Field(ge=1, le=8)] = 1
     model: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     output_format: Literal["png", "jpeg", "webp"] = "png"
@@ -95,10 +103,12 @@ class TemplateDocument:
         return self.front.name
 
     def validate_record(self, record: Any) -> None:
-        """Raise TemplateInvalid naming the first field of ``record`` the schema refuses (as ``record.<path>``)."""
-        errors = sorted(Draft202012Validator(self.front.schema_).iter_errors(record), key=lambda e: list(e.path))
-        if errors:
-            first = errors[0]
+        """Raise TemplateInvalid naming a field of ``record`` the schema refuses (as ``record.<path>``)."""
+        try:
+            first = next(_validator(self.front.schema_).iter_errors(record), None)  # one error, not all of them
+        except (RecursionError, ReferencingError):
+            raise TemplateInvalid("front_matter.schema", "the schema's references cannot be resolved") from None
+        if first is not None:
             path = ".".join(str(p) for p in first.absolute_path)
             raise TemplateInvalid(f"record.{path}" if path else "record", first.message[:300])
 
@@ -119,6 +129,49 @@ class TemplateDocument:
         return Rendered(prompt=prompt, negative_prompt=negative, parameters=parameters, tags=list(self.front.tags))
 
 
+# No network, no files: a `$ref` may only point inside the schema itself (a remote ref would be an SSRF).
+_REGISTRY: Registry[Any] = Registry(retrieve=_no_retrieval).combine(SPECIFICATIONS)  # type: ignore[call-arg]
+# Keywords that cost more than linear time on a record: regular expressions (ReDoS) and dynamic references.
+_REFUSED_KEYWORDS = frozenset({"pattern", "patternProperties", "$dynamicRef", "$recursiveRef"})
+MAX_BRANCHES = 24  # $ref + anyOf/oneOf/allOf/if branches in one schema: bounds validation time
+
+
+def _validator(schema: dict[str, Any]) -> Draft202012Validator:
+    return Draft202012Validator(schema, registry=_REGISTRY)
+
+
+def _check_schema(schema: Any) -> None:
+    branches = 0
+
+    def walk(node: Any, depth: int) -> None:
+        nonlocal branches
+        if depth > 20:
+            raise TemplateInvalid("front_matter.schema", "the schema nests too deeply")
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key in _REFUSED_KEYWORDS:
+                    raise TemplateInvalid("front_matter.schema", f"the keyword {key!r} is not available")
+                if key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
+                    raise TemplateInvalid("front_matter.schema", "$ref may only point inside the schema (#/...)")
+                if key == "$ref" or key in ("anyOf", "oneOf", "allOf", "if"):
+                    branches += len(value) if isinstance(value, list) else 1
+                walk(value, depth + 1)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, depth + 1)
+
+    walk(schema, 0)
+    if branches > MAX_BRANCHES:
+        raise TemplateInvalid("front_matter.schema", f"at most {MAX_BRANCHES} $ref and combinator branches")
+    try:
+        Draft202012Validator.check_schema(schema)
+        next(_validator(schema).iter_errors({}), None)  # resolves every reference it meets: cycles, dangling refs
+    except SchemaError as exc:
+        raise TemplateInvalid("front_matter.schema", f"not a valid JSON schema: {exc.message[:200]}") from None
+    except (RecursionError, ReferencingError):
+        raise TemplateInvalid("front_matter.schema", "the schema's references cannot be resolved") from None
+
+
 def parse(source: str, env: PromptEnvironment) -> TemplateDocument:
     """Parse and check a document (front matter, schema, Jinja) without rendering it; TemplateInvalid if wrong."""
     if len(source) > MAX_SOURCE:
@@ -132,6 +185,8 @@ def parse(source: str, env: PromptEnvironment) -> TemplateDocument:
         mark = getattr(exc, "problem_mark", None)
         reason = str(exc) if "aliases" in str(exc) else "not valid YAML"
         raise TemplateInvalid("front_matter", reason, mark.line + 2 if mark else None) from None
+    except (ValueError, RecursionError):  # a number of thousands of digits, nesting thousands deep
+        raise TemplateInvalid("front_matter", "not YAML a template can use (too large or too deep)") from None
     if not isinstance(raw, dict):
         raise TemplateInvalid("front_matter", "expected a mapping of settings")
     try:
@@ -140,10 +195,11 @@ def parse(source: str, env: PromptEnvironment) -> TemplateDocument:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "front_matter"
         raise TemplateInvalid(f"front_matter.{where}", str(error["msg"])) from None
+    _check_schema(front.schema_)
     try:
-        Draft202012Validator.check_schema(front.schema_)
-    except SchemaError as exc:
-        raise TemplateInvalid("front_matter.schema", f"not a valid JSON schema: {exc.message[:200]}") from None
+        require_plain(front.data)
+    except RenderError as exc:
+        raise TemplateInvalid("front_matter.data", exc.message) from None
     body = match.group(2)
     for part, text in (("prompt", body), ("front_matter.negative_prompt", front.negative_prompt)):
         try:

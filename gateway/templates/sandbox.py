@@ -26,10 +26,70 @@ MAX_ITERATIONS = 10_000
 MAX_REPEAT = 10_000  # the longest text or list `*` may build
 MAX_EXPONENT = 64
 
-# Methods of str that build text as long as a number says: refused as attributes.
+# Methods of str that build text as long as a number says: refused at parse time too (for their names).
 _GROWING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs", "format", "format_map"})
-# Filters that do the same, or that print internals.
-_DROPPED_FILTERS = ("center", "indent", "wordwrap", "format", "pprint", "xmlattr", "filesizeformat", "attr")
+# The only methods a template may call: reading ones on text and mappings. Nothing on bytes, numbers or lists.
+_STR_METHODS = frozenset(
+    {
+        "lower",
+        "upper",
+        "title",
+        "capitalize",
+        "strip",
+        "lstrip",
+        "rstrip",
+        "split",
+        "startswith",
+        "endswith",
+        "count",
+        "find",
+        "isdigit",
+        "isalpha",
+        "isalnum",
+        "isspace",
+        "casefold",
+    }
+)
+_DICT_METHODS = frozenset({"get", "items", "keys", "values"})
+# Jinja's filters that may stay: each is linear in its input and cannot be told to build more than it reads.
+_KEPT_FILTERS = frozenset(
+    {
+        "abs",
+        "capitalize",
+        "count",
+        "d",
+        "default",
+        "dictsort",
+        "first",
+        "float",
+        "int",
+        "items",
+        "join",
+        "last",
+        "length",
+        "list",
+        "lower",
+        "map",
+        "max",
+        "min",
+        "reject",
+        "rejectattr",
+        "reverse",
+        "select",
+        "selectattr",
+        "sort",
+        "striptags",
+        "title",
+        "trim",
+        "truncate",
+        "unique",
+        "upper",
+        "wordcount",
+        "e",
+        "escape",
+    }
+)
+MAX_DEPTH = 32  # macro and recursive-loop nesting
 
 
 class PromptUndefined(StrictUndefined):
@@ -58,6 +118,7 @@ class _Budget:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.iterations = 0
+        self.depth = 0
 
     def spend(self, count: int) -> None:
         self.iterations += count
@@ -89,19 +150,29 @@ def _iterate(iterable: Iterable[Any]) -> Iterator[Any]:
         yield item
 
 
-def _sized(value: Any) -> int | None:
-    return len(value) if isinstance(value, str | list | tuple) else None
+def _weight(value: Any, limit: int) -> int:
+    """How much a value would print as, roughly (characters and items, nested), counted up to ``limit``."""
+    if isinstance(value, str | bytes):
+        return len(value)
+    if isinstance(value, list | tuple | dict):
+        total = len(value)
+        for item in value.values() if isinstance(value, dict) else value:
+            total += _weight(item, limit - total)
+            if total > limit:
+                break
+        return total
+    return 1
 
 
 class PromptEnvironment(ImmutableSandboxedEnvironment):
     """The one Jinja environment for prompt templates."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def __init__(self, filters: Mapping[str, Callable[..., Any]] | None = None) -> None:
         super().__init__(undefined=PromptUndefined, autoescape=False, keep_trailing_newline=False)
-        for name in _DROPPED_FILTERS:
-            self.filters.pop(name, None)
+        self.filters = {name: f for name, f in self.filters.items() if name in _KEPT_FILTERS}
+        self.filters["join"] = _bounded_join
         self.filters.update(FILTERS if filters is None else filters)
         # No lipsum, cycler, joiner, dict: a small, plain surface.
         self.globals = {"range": _range, _ITERATE: _iterate}
@@ -114,19 +185,47 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
         raise SecurityError("str.format is not available in templates")
 
     def is_safe_attribute(self, obj: Any, attr: str, value: Any) -> bool:
-        if isinstance(obj, str) and attr in _GROWING_METHODS:
-            return False
+        if callable(value):  # methods: a short allowlist (records are plain data; nothing else has methods)
+            allowed = _STR_METHODS if isinstance(obj, str) else _DICT_METHODS if isinstance(obj, dict) else ()
+            if attr not in allowed:
+                return False
         return super().is_safe_attribute(obj, attr, value)
 
+    def call(__self, __context: Any, __obj: Any, *args: Any, **kwargs: Any) -> Any:
+        """Every call (macros, ``loop(...)``, ``caller()``, methods) spends from the budget and counts its depth."""
+        budget = _budget()
+        budget.spend(1)
+        budget.depth += 1
+        try:
+            if budget.depth > MAX_DEPTH:
+                raise SecurityError(f"calls are nested deeper than {MAX_DEPTH}")
+            return super().call(__context, __obj, *args, **kwargs)
+        finally:
+            budget.depth -= 1
+
     def call_binop(self, context: Any, operator: str, left: Any, right: Any) -> Any:
+        _budget().spend(0)  # the clock
+        if operator == "%":
+            if isinstance(left, str | bytes):
+                raise SecurityError("%-formatting is not available in templates")
+            return left % right
+        if operator == "+":
+            if (
+                not isinstance(left, int | float)
+                and _weight(left, MAX_OUTPUT) + _weight(right, MAX_OUTPUT) > MAX_OUTPUT
+            ):
+                raise SecurityError(f"joined values are limited to {MAX_OUTPUT} characters")
+            return left + right
         if operator == "**":
             if isinstance(right, int | float) and abs(right) > MAX_EXPONENT:
                 raise SecurityError(f"exponents are limited to {MAX_EXPONENT}")
+            if isinstance(left, int) and isinstance(right, int) and left.bit_length() * abs(right) > 128:
+                raise SecurityError("numbers are limited to 30 digits")
             return left**right
         # "*": text or lists repeated by a number must stay small
         for seq, count in ((left, right), (right, left)):
-            size = _sized(seq)
-            if size is not None and isinstance(count, int) and size * count > MAX_REPEAT:
+            repeated = isinstance(seq, str | bytes | list | tuple) and isinstance(count, int)
+            if repeated and _weight(seq, MAX_REPEAT) * count > MAX_REPEAT:
                 raise SecurityError(f"repeating text or a list is limited to {MAX_REPEAT} items")
         numbers = isinstance(left, int | float) and isinstance(right, int | float)
         if numbers and math.log10(abs(left) + 1) + math.log10(abs(right) + 1) > 30:
@@ -143,6 +242,13 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
             tree = self.parse(source)
         except TemplateSyntaxError as exc:
             raise RenderError("syntax", exc.message or "invalid template syntax", exc.lineno) from None
+        except RecursionError:
+            raise RenderError("syntax", "the template nests too deeply") from None
+        for concat in tree.find_all(nodes.Concat):
+            # `~` builds text without a bound (doubling in a macro reaches gigabytes): print the parts instead.
+            raise RenderError(
+                "unsafe", "the ~ operator is not available; print the parts one after another", concat.lineno
+            )
         for getattr_node in tree.find_all(nodes.Getattr):
             _check_name(getattr_node.attr, getattr_node.lineno)
             if getattr_node.attr in _GROWING_METHODS:
@@ -155,12 +261,18 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
         for loop in tree.find_all(nodes.For):
             budgeted = nodes.Call(nodes.Name(_ITERATE, "load"), [loop.iter], [], None, None, lineno=loop.lineno)
             loop.iter = budgeted
+        try:
+            self.compile(tree)  # unknown filters and tests fail now, at save time, not at every render
+        except TemplateSyntaxError as exc:
+            raise RenderError("syntax", exc.message or "invalid template", exc.lineno) from None
+        except RecursionError:
+            raise RenderError("syntax", "the template nests too deeply") from None
         return tree
 
     def render(self, source: str, data: Mapping[str, Any], *, max_output: int = MAX_OUTPUT) -> str:
         """Render ``source`` with plain data (dicts, lists, str, int, float, bool, None only)."""
         tree = self.check(source)
-        _require_plain(data)
+        require_plain(data)
         budget = _Budget(time.monotonic() + MAX_SECONDS)
         token = _BUDGET.set(budget)  # per render, also when renders run at once in several threads
         try:
@@ -183,13 +295,25 @@ class PromptEnvironment(ImmutableSandboxedEnvironment):
         except TemplateError as exc:
             kind = "undefined" if type(exc).__name__ == "UndefinedError" else "error"
             raise RenderError(kind, exc.message or str(exc)) from None
-        except (TypeError, ValueError, ArithmeticError, LookupError) as exc:
-            raise RenderError("error", f"{type(exc).__name__}: {exc}") from None
+        except (RecursionError, MemoryError):
+            raise RenderError("unsafe", "the template needs more resources than a prompt may") from None
+        except Exception as exc:  # any other failure of the template's own logic (a filter given odd input)
+            raise RenderError("error", f"{type(exc).__name__}: {str(exc)[:200]}") from None
         finally:
             _BUDGET.reset(token)
 
 
 _ITERATE = "iterate_within_budget"  # not startable with "_": user templates cannot name it (check refuses them)
+
+
+def _bounded_join(value: Any, d: str = "", attribute: Any = None) -> str:
+    """Jinja's join, refusing results longer than a prompt may be (before building them)."""
+    items = list(value)
+    if _weight(items, MAX_OUTPUT) + len(str(d)) * len(items) > MAX_OUTPUT:
+        raise SecurityError(f"joined text is limited to {MAX_OUTPUT} characters")
+    if attribute is not None:
+        items = [item.get(attribute) if isinstance(item, dict) else item for item in items]
+    return str(d).join(str(item) for item in items)
 
 
 def _check_name(name: str, line: int) -> None:
@@ -209,7 +333,7 @@ def _range(*args: int) -> range:
 _PLAIN = (str, int, float, bool, type(None))
 
 
-def _require_plain(value: Any, depth: int = 0) -> None:
+def require_plain(value: Any, depth: int = 0) -> None:
     """Records are data, never objects with methods to call: anything else is refused before rendering."""
     if depth > 20:
         raise RenderError("unsafe", "the record is nested too deeply")
@@ -217,9 +341,9 @@ def _require_plain(value: Any, depth: int = 0) -> None:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise RenderError("unsafe", "record keys must be strings")
-            _require_plain(item, depth + 1)
+            require_plain(item, depth + 1)
     elif isinstance(value, list | tuple):
         for item in value:
-            _require_plain(item, depth + 1)
+            require_plain(item, depth + 1)
     elif not isinstance(value, _PLAIN):
         raise RenderError("unsafe", f"records hold plain data only, not {type(value).__name__}")

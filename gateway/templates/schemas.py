@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from gateway.common.text import Record
 from gateway.templates.document import MAX_SOURCE
 from gateway.templates.models import LIBRARY, TemplateVersion
 
@@ -20,7 +21,7 @@ class TemplateSave(BaseModel):
 class TemplateRender(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    record: dict[str, Any] = Field(description="The business record, as the template's schema describes it")
+    record: Record = Field(description="The business record, as the template's schema describes it (<= 64 KB)")
     version: Annotated[int, Field(ge=1, le=1_000_000)] | None = Field(default=None, description="Default: the newest")
 
 

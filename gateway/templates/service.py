@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from gateway.db.engine import transaction
-from gateway.errors import NotFound, ValidationFailed
+from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.systems.service import Principal
 from gateway.templates import repository
 from gateway.templates.document import Rendered, TemplateDocument, TemplateInvalid, parse
@@ -71,15 +71,15 @@ async def save(session: AsyncSession, *, principal: Principal, name: str, source
         message = f"the front matter names {document.name!r}, the URL {name!r}"
         raise ValidationFailed(message, details=[{"field": "front_matter.name", "message": message}])
     owner = principal.system_id if document.front.private else LIBRARY
+    current = await repository.latest(session, owner, name)
+    if current is not None and current.source == source:
+        return current, False  # the same text as the newest: nothing new (an older text again is a revert)
     return await _add(session, document, owner=owner, by=principal.system_name, by_system=principal.system_id)
 
 
 async def _add(
     session: AsyncSession, document: TemplateDocument, *, owner: str, by: str, by_system: str | None
 ) -> tuple[TemplateVersion, bool]:
-    same = await repository.with_source(session, owner, document.name, document.source)
-    if same is not None:
-        return same, False
     current = await repository.latest(session, owner, document.name)
     row = TemplateVersion(
         owner_key=owner,
@@ -96,10 +96,8 @@ async def _add(
         async with session.begin_nested():
             session.add(row)
     except IntegrityError:
-        raise ValidationFailed(
-            "Another version of this template was saved at the same moment; send it again.",
-            code="template_conflict",
-            details=[{"field": "source", "message": "concurrent save"}],
+        raise Conflict(
+            "Another version of this template was saved at the same moment; send it again.", code="template_conflict"
         ) from None
     return row, True
 
@@ -142,10 +140,12 @@ async def load_shipped(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
         document = parse(source, ENV)  # a broken shipped file is a bug: fail the start
         try:
             async with transaction(sessionmaker) as session:
-                _, created = await _add(session, document, owner=LIBRARY, by="shipped", by_system=None)
-        except ValidationFailed:  # another replica loaded it at the same moment
+                if await repository.with_source(session, LIBRARY, document.name, source) is not None:
+                    continue  # this text is one of its versions already (perhaps not the newest: an edit stays)
+                await _add(session, document, owner=LIBRARY, by="shipped", by_system=None)
+        except Conflict:  # another replica loaded it at the same moment
             continue
-        added += created
+        added += 1
     if added:
         log.info("templates.loaded", added=added)
     return added

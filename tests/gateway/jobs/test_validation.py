@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import Stack, auth
 
 BAD_BODIES: list[tuple[dict[str, Any], str]] = [
-    ({}, "prompt"),
+    ({}, "body"),  # neither a prompt nor a template
     ({"prompt": ""}, "prompt"),
     ({"prompt": "   "}, "prompt"),
     ({"prompt": "x" * 4001}, "prompt"),

@@ -114,3 +114,31 @@ def test_a_template_that_renders_nothing_for_a_record_is_refused() -> None:
         document.render({"show": False}, env)
 
     assert caught.value.field == "prompt"
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        "{properties: {a: {$ref: 'http://127.0.0.1:9/x'}}}",
+        "{properties: {a: {$ref: 'file:///etc/passwd'}}}",
+        "{$ref: '#/nope'}",
+        "{$defs: {a: {$ref: '#/$defs/a'}}, $ref: '#/$defs/a'}",
+        "{properties: {a: {type: string, pattern: '^(a+)+$'}}}",
+        "{patternProperties: {'^(a+)+$': {type: string}}}",
+        "{anyOf: [" + ", ".join(["{type: object}"] * 30) + "]}",
+    ],
+)
+def test_schemas_that_reach_out_or_cost_more_than_linear_time_are_refused(schema: str) -> None:
+    with pytest.raises(TemplateInvalid) as caught:
+        parse(f"---\nname: t\nrecord: r\nschema: {schema}\n---\nx", env)
+
+    assert caught.value.field == "front_matter.schema"
+
+
+@pytest.mark.parametrize(
+    "front",
+    ["n: " + "9" * 5000, "a: " + "[" * 3000 + "]" * 3000, "data: {when: 2026-12-01}", "guidance_scale: true"],
+)
+def test_front_matter_that_is_not_plain_or_too_big_is_refused(front: str) -> None:
+    with pytest.raises(TemplateInvalid):
+        parse(f"---\nname: t\nrecord: r\n{front}\n---\nx", env)

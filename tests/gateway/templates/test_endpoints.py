@@ -158,3 +158,36 @@ async def test_jobs_need_a_prompt_or_a_template_with_its_record(embedded: Stack)
     for body in bodies:
         response = await embedded.client.post("/v1/jobs", json=body, headers=auth(crm))
         assert response.status_code == 422, body
+
+
+async def test_rendered_prompts_are_held_to_the_prompt_rules(embedded: Stack) -> None:
+    design = await embedded.system("design", scopes="generate,templates:write")
+    long = CUSTOM.replace("A bold banner for {{ campaign.title }}.", "{% for i in range(900) %}word {% endfor %}")
+    await put(embedded, design, "design.long", long.replace("name: design.banner", "name: design.long"))
+
+    too_long = await embedded.client.post(
+        "/v1/jobs", json={"template": "design.long", "record": {"title": "x"}}, headers=auth(design)
+    )
+    control = await embedded.client.post(
+        "/v1/jobs", json={"template": "crm.product_main", "record": {**LAMP, "name": "a\u0001b"}}, headers=auth(design)
+    )
+    huge = await embedded.client.post(
+        "/v1/jobs",
+        json={"template": "crm.product_main", "record": {**LAMP, "features": [0] * 30000}},
+        headers=auth(design),
+    )
+
+    assert too_long.status_code == 422 and too_long.json()["error"]["code"] == "template_invalid"
+    assert control.status_code == 422
+    assert huge.status_code == 422
+
+
+async def test_saving_an_older_text_again_makes_it_the_newest(embedded: Stack) -> None:
+    design = await embedded.system("design", scopes="templates:write")
+    await put(embedded, design, "design.banner", CUSTOM)
+    await put(embedded, design, "design.banner", CUSTOM.replace("A bold", "A calm"))
+
+    reverted = await put(embedded, design, "design.banner", CUSTOM)
+
+    assert reverted.status_code == 201
+    assert reverted.json()["version"] == 3 and "A bold" in reverted.json()["source"]
