@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await prepare_database(settings)
         res = await open_resources(settings, role="api")
         app.state.resources = res
-        await load_shipped(res.sessionmaker)
+        await load_shipped(res.sessionmaker, res.read_sessionmaker)
         if res.runner is not None:
             res.runner.start()
         log.info("gateway.started", queue="distributed" if settings.distributed else "embedded")

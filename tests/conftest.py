@@ -157,7 +157,7 @@ async def start_stack(
         res: Resources = app.state.resources
         if mode == "distributed":
             await _truncate(res)  # the shared test database: empty it, then put the shipped library back
-            await load_shipped(res.sessionmaker)
+            await load_shipped(res.sessionmaker, res.read_sessionmaker)
         transport = httpx.ASGITransport(app=app)
         async with (
             AsyncExitStack() as stack,

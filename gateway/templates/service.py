@@ -7,6 +7,7 @@ same name for its owner only. Another system's private templates do not exist fo
 from __future__ import annotations
 
 import asyncio
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -130,22 +131,30 @@ def shipped_sources() -> list[str]:
     return found
 
 
-async def load_shipped(sessionmaker: async_sessionmaker[AsyncSession]) -> int:
+@lru_cache(maxsize=1)
+def _shipped_documents() -> tuple[TemplateDocument, ...]:
+    return tuple(parse(source, ENV) for source in shipped_sources())  # a broken shipped file fails the start
+
+
+async def load_shipped(
+    sessionmaker: async_sessionmaker[AsyncSession], read_sessionmaker: async_sessionmaker[AsyncSession] | None = None
+) -> int:
     """Add each shipped template whose text is not yet one of its library versions; returns how many were added.
 
     An edited library template stays; a release that changes a shipped file adds it as the newest version.
+    Looks first without writing (the usual start has nothing to add), then adds what is missing in one go.
     """
-    added = 0
-    for source in shipped_sources():
-        document = parse(source, ENV)  # a broken shipped file is a bug: fail the start
-        try:
-            async with transaction(sessionmaker) as session:
-                if await repository.with_source(session, LIBRARY, document.name, source) is not None:
-                    continue  # this text is one of its versions already (perhaps not the newest: an edit stays)
-                await _add(session, document, owner=LIBRARY, by="shipped", by_system=None)
-        except Conflict:  # another replica loaded it at the same moment
-            continue
-        added += 1
-    if added:
-        log.info("templates.loaded", added=added)
-    return added
+    documents = _shipped_documents()
+    async with (read_sessionmaker or sessionmaker)() as session:  # read-only: no SQLite write lock
+        missing = [d for d in documents if await repository.with_source(session, LIBRARY, d.name, d.source) is None]
+    if not missing:
+        return 0
+    try:
+        async with transaction(sessionmaker) as session:
+            for document in missing:
+                if await repository.with_source(session, LIBRARY, document.name, document.source) is None:
+                    await _add(session, document, owner=LIBRARY, by="shipped", by_system=None)
+    except Conflict:  # another replica loaded them at the same moment
+        return 0
+    log.info("templates.loaded", added=len(missing))
+    return len(missing)
