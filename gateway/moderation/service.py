@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -42,24 +41,25 @@ class Screened:
 ALWAYS_BLOCKED = frozenset({"minors"})
 
 
-@lru_cache(maxsize=256)
-def _rules(system_id: str, version: str, extra: str, allow: str, actions: str) -> ContentRules:
-    """Rules of one saved version of a policy: validated and hashed once, not on every request."""
-    return ContentRules(
-        extra=json.loads(extra), allow=json.loads(allow), actions={k: Action(v) for k, v in json.loads(actions).items()}
-    )
+def _to_rules(extra: dict[str, list[str]], allow: list[str], actions: dict[str, str]) -> ContentRules:
+    return ContentRules(extra=extra, allow=allow, actions={k: Action(v) for k, v in actions.items()})
+
+
+# Rules of each saved version of a policy, built once (validating and hashing thousands of terms is not free).
+# A version is its system and its updated_at, which every save changes.
+_RULES: dict[tuple[str, str], ContentRules] = {}
 
 
 def rules_of(policy: ContentPolicy | None) -> ContentRules:
     if policy is None:
         return ContentRules()
-    return _rules(
-        policy.system_id,
-        policy.updated_at.isoformat(),
-        json.dumps(policy.extra, sort_keys=True),
-        json.dumps(policy.allow),
-        json.dumps(policy.actions, sort_keys=True),
-    )
+    key = (policy.system_id, policy.updated_at.isoformat())
+    rules = _RULES.get(key)
+    if rules is None:
+        if len(_RULES) >= 256:
+            _RULES.clear()
+        rules = _RULES[key] = _to_rules(policy.extra, policy.allow, policy.actions)
+    return rules
 
 
 def _checker(policy: ContentPolicy | None) -> ContentFilter:
@@ -87,8 +87,7 @@ def _compile(body: ContentPolicyUpdate) -> None:
         if not _always_blocked().evaluate(term).allowed:
             message = f"An allowed term may not cover an always-blocked category ({', '.join(sorted(ALWAYS_BLOCKED))})."
             raise ValidationFailed(message, details=[{"field": f"allow.{index}", "message": message}])
-    rules = ContentRules(extra=body.extra, allow=body.allow, actions={k: Action(v) for k, v in body.actions.items()})
-    ContentFilter.default().with_rules(rules)
+    ContentFilter.default().with_rules(_to_rules(body.extra, body.allow, dict(body.actions)))
 
 
 async def get_policy(session: AsyncSession, system_id: str) -> ContentPolicy | None:

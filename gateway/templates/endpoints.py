@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor, record
 from gateway.auth.dependencies import Authenticator
@@ -13,6 +14,7 @@ from gateway.errors import error_responses
 from gateway.moderation import service as moderation
 from gateway.systems.service import Principal
 from gateway.templates import repository, service
+from gateway.templates.models import TemplateVersion
 from gateway.templates.schemas import (
     RenderedRead,
     TemplateList,
@@ -33,6 +35,13 @@ Writer = Annotated[Principal, Depends(Authenticator(any_of={Scope.templates_writ
 Name = Annotated[str, Path(max_length=100, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")]
 
 
+async def _read(session: AsyncSession, row: TemplateVersion) -> TemplateRead:
+    history = await repository.versions(session, row.owner_key, row.name)
+    return TemplateRead(
+        **TemplateSummary.of(row).model_dump(), source=row.source, versions=[VersionRead.of(v) for v in history]
+    )
+
+
 @router.get("", response_model=TemplateList)
 async def list_templates(principal: Reader, session: ReadSessionDep) -> TemplateList:
     """The templates you can use: the shared library and your own private ones (newest version of each)."""
@@ -48,10 +57,7 @@ async def get_template(
 ) -> TemplateRead:
     """One template: its source (newest, or `version`) and every version."""
     row = await service.resolve(session, principal=principal, name=name, version=version)
-    history = await repository.versions(session, row.owner_key, row.name)
-    return TemplateRead(
-        **TemplateSummary.of(row).model_dump(), source=row.source, versions=[VersionRead.of(v) for v in history]
-    )
+    return await _read(session, row)
 
 
 @router.put("/{name}", response_model=TemplateRead, responses=error_responses(409))
@@ -70,10 +76,7 @@ async def save_template(
         )
         response.status_code = status.HTTP_201_CREATED
     await session.commit()
-    history = await repository.versions(session, row.owner_key, row.name)
-    return TemplateRead(
-        **TemplateSummary.of(row).model_dump(), source=row.source, versions=[VersionRead.of(v) for v in history]
-    )
+    return await _read(session, row)
 
 
 @router.post("/{name}/render", response_model=RenderedRead)
