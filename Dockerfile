@@ -26,6 +26,10 @@ RUN pip install .
 # --- runtime ----------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
 
+# A CJK font: Chinese prompts on preview images and Chinese watermark texts are drawn as glyphs.
+RUN apt-get update && apt-get install -y --no-install-recommends fonts-wqy-zenhei \
+    && rm -rf /var/lib/apt/lists/*
+
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

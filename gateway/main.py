@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from gateway import handlers
 from gateway.assets.endpoints import router as assets_router
+from gateway.assets.logo import router as logo_router
 from gateway.audit.endpoints import router as audit_router
 from gateway.auth.backend import ApiKeyBackend, unauthorized
 from gateway.auth.dependencies import authenticated
@@ -26,6 +27,7 @@ from gateway.jobs.endpoints import router as jobs_router
 from gateway.observability.logging import configure_logging
 from gateway.observability.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.quotas.endpoints import router as usage_router
+from gateway.recipes.endpoints import router as recipes_router
 from gateway.resources import close_resources, open_resources
 from gateway.systems.endpoints import router as systems_router
 from gateway.templates.endpoints import router as templates_router
@@ -99,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(assets_router)
     v1.include_router(usage_router)
     v1.include_router(templates_router)
+    v1.include_router(recipes_router)
+    v1.include_router(logo_router)
     v1.include_router(systems_router)
     v1.include_router(backends_router)
     v1.include_router(audit_router)

@@ -38,6 +38,7 @@ class Generated:
     request: GenerationRequest  # what was finally sent (after adjustments and fallbacks)
     notes: list[str]
     gpu_seconds: float = 0.0  # time backends spent on this job, failed tries included (settles its quota)
+    fell_back: bool = False  # made at a smaller size after running out of GPU memory
 
 
 def smaller(request: GenerationRequest) -> GenerationRequest:
@@ -115,7 +116,14 @@ async def generate(
                 await on_speed(entry.name, sent.model, spu, samples)
         if sent.model is not None:
             entry.loaded_model = sent.model
-        return Generated(images=images, backend=entry.name, request=sent, notes=notes + adjustments, gpu_seconds=spent)
+        return Generated(
+            images=images,
+            backend=entry.name,
+            request=sent,
+            notes=notes + adjustments,
+            gpu_seconds=spent,
+            fell_back=fell_back,
+        )
     if last_error is None:
         raise BackendError("No backend could run this job.", code="backend_unavailable")
     last_error.notes = notes

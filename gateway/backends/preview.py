@@ -11,13 +11,12 @@ import colorsys
 import hashlib
 import io
 import random
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import httpx
-from PIL import Image, ImageDraw, ImageFont, ImageOps
+from PIL import Image, ImageDraw, ImageOps
 
+from gateway.assets.fonts import Font, has_cjk, load_font
 from gateway.backends.base import (
     Adapter,
     BackendSpec,
@@ -27,29 +26,11 @@ from gateway.backends.base import (
     ProgressCallback,
 )
 
-# Fonts with CJK glyphs, used when installed (e.g. Debian fonts-wqy-zenhei / fonts-noto-cjk); else Pillow's own font.
-_CJK_FONTS = (
-    "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-    "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
-)
 _SAVE_OPTIONS: dict[str, dict[str, Any]] = {
     "png": {"format": "PNG", "compress_level": 6},
     "jpeg": {"format": "JPEG", "quality": 90},
     "webp": {"format": "WEBP", "quality": 85, "method": 4},
 }
-
-FontT = ImageFont.FreeTypeFont | ImageFont.ImageFont
-
-
-@lru_cache(maxsize=32)
-def _font(size: int, cjk: bool) -> FontT:
-    if cjk:
-        for path in _CJK_FONTS:
-            if Path(path).exists():
-                return ImageFont.truetype(path, size)
-    return ImageFont.load_default(size=size)
 
 
 def _palette(prompt: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -64,7 +45,7 @@ def _palette(prompt: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     return rgb(hue, 0.22, 0.55), rgb(hue + 0.12 + digest[1] / 1020, 0.62, 0.65)
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: FontT, max_width: float, max_lines: int) -> list[str]:
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Font, max_width: float, max_lines: int) -> list[str]:
     """Greedy wrap that also breaks inside long words and CJK runs (which have no spaces)."""
     lines: list[str] = []
     line = ""
@@ -115,10 +96,10 @@ def render(request: GenerationRequest, index: int) -> GeneratedImage:
     image = Image.alpha_composite(image, overlay)
 
     draw = ImageDraw.Draw(image)
-    cjk = any(ord(c) > 0x2E80 for c in request.prompt)
+    cjk = has_cjk(request.prompt)
     unit = max(8, min(width, height) // 24)
     margin = unit
-    badge_font = _font(unit, False)
+    badge_font = load_font(unit, False)
     badge = f"PREVIEW  seed {seed}"
     badge_w = draw.textlength(badge, font=badge_font)
     draw.rounded_rectangle(
@@ -128,7 +109,7 @@ def render(request: GenerationRequest, index: int) -> GeneratedImage:
     )
     draw.text((margin // 2 + unit // 2, margin // 2 + unit * 0.3), badge, font=badge_font, fill=(20, 20, 20, 255))
 
-    text_font = _font(max(8, unit * 3 // 4), cjk)
+    text_font = load_font(max(8, unit * 3 // 4), cjk)
     lines = _wrap(draw, request.prompt, text_font, width - 2 * margin, max_lines=6)
     line_h = int(unit * 1.05)
     panel_top = height - margin - line_h * len(lines)

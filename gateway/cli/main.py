@@ -15,6 +15,7 @@ from rich.table import Table
 from gateway.audit import service as audit
 from gateway.audit.service import Actor
 from gateway.cli.backends import app as backends_app
+from gateway.cli.batch import batch
 from gateway.cli.emulate import emulate
 from gateway.config import Settings, get_settings
 from gateway.db.engine import create_engine, create_sessionmaker, transaction
@@ -44,8 +45,9 @@ def _main(ctx: typer.Context) -> None:
         asyncio.run(prepare_embedded(settings))
 
 
-_NO_DATABASE = {"emulate"}
+_NO_DATABASE = {"emulate", "batch"}
 app.command()(emulate)
+app.command()(batch)
 
 
 def _with_session(work: Callable[[Any], Awaitable[T]]) -> T:

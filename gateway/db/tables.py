@@ -6,6 +6,7 @@ from gateway.backends.models import Backend, BackendSpeed
 from gateway.jobs.models import Job
 from gateway.moderation.models import ContentPolicy
 from gateway.quotas.models import JobCharge, Quota, UsageDay
+from gateway.recipes.models import Batch
 from gateway.systems.models import OAuthClient, System, Token
 from gateway.templates.models import TemplateVersion
 
@@ -14,6 +15,7 @@ __all__ = [
     "AuditEvent",
     "Backend",
     "BackendSpeed",
+    "Batch",
     "ContentPolicy",
     "Job",
     "JobCharge",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import JSON, BigInteger, Boolean, Column, Float, ForeignKey, Index, String, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
@@ -35,6 +36,7 @@ class Job(SQLModel, table=True):
         UniqueConstraint("system_id", "idempotency_key", name="uq_jobs_system_idempotency_key"),
         Index("ix_jobs_system_created", "system_id", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_batch", "batch_id"),
     )
 
     id: str = Field(default_factory=lambda: new_id("job"), primary_key=True, max_length=40)
@@ -68,6 +70,18 @@ class Job(SQLModel, table=True):
     template_version_id: str | None = Field(default=None, max_length=40)  # the exact version it was rendered from
     template_name: str | None = Field(default=None, max_length=100)
     template_version: int | None = Field(default=None)
+
+    tags: list[str] | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # given to its assets
+    watermark: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    batch_id: str | None = Field(
+        default=None,
+        sa_column=Column(
+            String(40), ForeignKey("batches.id", name="fk_jobs_batch_id", ondelete="SET NULL"), nullable=True
+        ),
+    )
+    batch_role: str | None = Field(default=None, max_length=100)
+    batch_index: int | None = Field(default=None)  # its position in the batch, from 0
+    batch_name: str | None = Field(default=None, max_length=120)  # unique within its batch: main, detail-2
 
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)

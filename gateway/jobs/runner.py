@@ -13,12 +13,12 @@ import time
 from collections.abc import Awaitable
 from contextlib import suppress
 from functools import partial
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, TypeVar, cast
 
 import structlog
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from gateway.assets.convert import convert
+from gateway.assets.finish import OutputFormat, Watermark, finish
 from gateway.assets.models import Asset
 from gateway.assets.storage import CONTENT_TYPES
 from gateway.backends import generation
@@ -29,6 +29,7 @@ from gateway.backends.generation import Generated
 from gateway.db.engine import committed
 from gateway.jobs import repository
 from gateway.jobs.models import Job, JobStatus
+from gateway.jobs.schemas import public_watermark as _public
 from gateway.quotas import service as quotas
 from gateway.systems.models import System
 
@@ -50,8 +51,8 @@ async def _request_of(res: Resources, job: Job) -> GenerationRequest:
     return GenerationRequest(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
-        width=job.width,
-        height=job.height,
+        width=_generation_size(job.width),
+        height=_generation_size(job.height),
         steps=job.steps,
         guidance_scale=job.guidance_scale,
         seed=job.seed,
@@ -64,6 +65,11 @@ async def _request_of(res: Resources, job: Job) -> GenerationRequest:
         mask=mask,
         denoising_strength=job.denoising_strength,
     )
+
+
+def _generation_size(side: int) -> int:
+    """Models work in multiples of 8 pixels: generate a little larger, then fit to the exact size asked for."""
+    return -(-side // 8) * 8
 
 
 async def run_job(res: Resources, job_id: str) -> str:
@@ -143,7 +149,9 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
                 res, job.id, lease, progress, deadline, describe_images(res.scheduler, run_key, generated.images)
             )
             notes += describe_notes
-        assets = await _with_heartbeat(res, job.id, lease, progress, deadline, _store(res, job, generated, captions))
+        assets = await _with_heartbeat(
+            res, job.id, lease, progress, deadline, _store(res, job, generated, captions, notes)
+        )
     except BackendError as exc:
         return await _fail(res, job.id, lease, exc.code, exc.message, notes + exc.notes)
     except (_LeaseLost, asyncio.CancelledError):
@@ -216,14 +224,35 @@ async def _with_heartbeat(
             await asyncio.wait({task}, timeout=_CANCEL_GRACE_SECONDS)
 
 
-async def _store(res: Resources, job: Job, generated: Generated, captions: list[Caption | None]) -> list[Asset]:
-    """Write the images to the content-addressed store (converted to the job's format if needed)."""
+async def _store(
+    res: Resources, job: Job, generated: Generated, captions: list[Caption | None], notes: list[str]
+) -> list[Asset]:
+    """Write the images to the content-addressed store: fitted to the size asked for, watermarked, in the job's
+    format (an image the out-of-memory fallback made smaller keeps its size: it is not blown up again)."""
+    target = None if generated.fell_back else (job.width, job.height)
+    watermark = Watermark.model_validate(_public(job.watermark)) if job.watermark else None
+    logo = None
+    if job.watermark and job.watermark.get("logo_sha256"):
+        logo = await res.store.read(job.watermark["logo_sha256"], "png")
     assets = []
+    fitted: set[tuple[int, int]] = set()
     for index, (image, caption) in enumerate(zip(generated.images, captions, strict=True)):
-        data = image.data
-        if image.format != job.output_format:
-            data = await asyncio.to_thread(convert, image.data, job.output_format)
+        data, width, height = image.data, image.width, image.height
+        size = target if target is not None and target != (width, height) else None
+        if size is not None or watermark is not None or image.format != job.output_format:
+            done = await asyncio.to_thread(
+                finish,
+                image.data,
+                output_format=cast(OutputFormat, job.output_format),
+                size=size,
+                watermark=watermark,
+                logo=logo,
+            )
+            data, width, height = done.data, done.width, done.height
+            if size is not None:
+                fitted.add((image.width, image.height))
         stored = await res.store.put(data, job.output_format)
+        tags = list(dict.fromkeys([*(job.tags or []), *((caption.tags or []) if caption else [])]))
         assets.append(
             Asset(
                 job_id=job.id,
@@ -231,15 +260,17 @@ async def _store(res: Resources, job: Job, generated: Generated, captions: list[
                 index=index,
                 sha256=stored.sha256,
                 bytes=stored.size,
-                width=image.width,
-                height=image.height,
+                width=width,
+                height=height,
                 format=job.output_format,
                 content_type=CONTENT_TYPES[job.output_format],
                 seed=image.seed,
                 caption=caption.text if caption else None,
-                tags=caption.tags if caption else None,
+                tags=tags or None,
             )
         )
+    for w, h in sorted(fitted):
+        notes.append(f"Generated at {w}x{h} and fitted to exactly {job.width}x{job.height} (scaled to cover, centred).")
     return assets
 
 

@@ -7,13 +7,23 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from gateway.assets.finish import Watermark
 from gateway.assets.models import Asset
 from gateway.assets.schemas import AssetRead
 from gateway.common.text import INTEGRAL, NonBlankText, Record, SafeText
 from gateway.jobs.models import Job, JobStatus
 
 MAX_SEED = 2**32 - 1
-Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8), INTEGRAL]
+Dimension = Annotated[
+    int,
+    Field(
+        ge=64,
+        le=2048,
+        description="Pixels. Backends generate at the sizes they support; the stored image is fitted to exactly this",
+    ),
+    INTEGRAL,
+]
+Tag = Annotated[SafeText, Field(min_length=1, max_length=100)]
 OutputFormat = Literal["png", "jpeg", "webp"]
 
 
@@ -39,6 +49,7 @@ class JobParameters(BaseModel):
     oom_fallback: bool = Field(
         default=False, description="On a GPU out-of-memory error, retry once at about a quarter of the pixels"
     )
+    watermark: Watermark | None = Field(default=None, description="Drawn on the stored images (text or the logo)")
 
 
 InputImage = Annotated[
@@ -67,6 +78,9 @@ class JobCreate(JobParameters):
         default=None, description="Default: the newest"
     )
     record: Record | None = Field(default=None, description="The business record the template renders (<= 64 KB)")
+    tags: Annotated[list[Tag], Field(max_length=20)] | None = Field(
+        default=None, description="Labels given to the job's assets (a template adds its own)"
+    )
     init_image: InputImage | None = None
     mask: InputImage | None = Field(default=None, description="White areas are repainted (needs `init_image`)")
     denoising_strength: Annotated[float, Field(ge=0, le=1)] | None = Field(
@@ -94,6 +108,13 @@ class TemplateUsed(BaseModel):
     name: str
     version: int
     id: str = Field(description="The exact template version the prompt was rendered from")
+
+
+class BatchPlace(BaseModel):
+    id: str = Field(description="The batch (`GET /v1/batches/{id}`)")
+    role: str
+    name: str = Field(description="Unique in its batch: the role, or role-N when the role has several jobs")
+    position: int = Field(description="The job's place in its batch, from 0")
 
 
 class JobError(BaseModel):
@@ -129,6 +150,9 @@ class JobRead(BaseModel):
     error: JobError | None
     notes: list[str] = Field(description="What the gateway adjusted or retried (e.g. a smaller size after OOM)")
     template: TemplateUsed | None = Field(default=None, description="Set when the prompt came from a template")
+    tags: list[str]
+    watermark: Watermark | None
+    batch: BatchPlace | None = Field(default=None, description="Set when a recipe made the job")
     assets: list[AssetRead]
 
     @classmethod
@@ -164,8 +188,20 @@ class JobRead(BaseModel):
             template=TemplateUsed(name=job.template_name, version=job.template_version, id=job.template_version_id)
             if job.template_version_id and job.template_name and job.template_version
             else None,
+            tags=list(job.tags or []),
+            watermark=Watermark.model_validate(public_watermark(job.watermark)) if job.watermark else None,
+            batch=BatchPlace(
+                id=job.batch_id, role=job.batch_role or "", name=job.batch_name or "", position=job.batch_index or 0
+            )
+            if job.batch_id
+            else None,
             assets=[AssetRead.of(a, base_url) for a in assets],
         )
+
+
+def public_watermark(stored: dict[str, object]) -> dict[str, object]:
+    """The watermark as the caller gave it (the stored one also pins the logo's content hash)."""
+    return {k: v for k, v in stored.items() if k != "logo_sha256"}
 
 
 class JobList(BaseModel):

@@ -6,6 +6,8 @@ import hashlib
 import json
 import secrets
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
@@ -24,6 +26,7 @@ from gateway.jobs.schemas import MAX_SEED, JobCreate
 from gateway.moderation.service import Screened
 from gateway.quotas import service as quotas
 from gateway.quotas.service import Demand, QuotaExceeded
+from gateway.systems import repository as systems_repository
 from gateway.systems.service import Principal
 from gateway.templates.document import Rendered
 from gateway.templates.models import TemplateVersion
@@ -46,6 +49,8 @@ async def create_job(
     fetch: Fetch | None = None,
     digest: str | None = None,
     template: TemplateVersion | None = None,
+    tags: list[str] | None = None,
+    batch: BatchSlot | None = None,
 ) -> tuple[Job, bool]:
     """Persist a queued job with its quota reservation; returns ``(job, created)``.
 
@@ -66,6 +71,7 @@ async def create_job(
         mask = await store_input(
             session, store, system_id=principal.system_id, value=body.mask, field="mask", fetch=fetch
         )
+    watermark = await _watermark(session, principal, body)
     now = await repository.db_time(session)  # the clock the reconciler compares enqueued_at with
     job = Job(
         system_id=principal.system_id,
@@ -90,6 +96,12 @@ async def create_job(
         mask_sha256=mask,
         describe=body.describe,
         oom_fallback=body.oom_fallback,
+        tags=_merged(tags, body.tags) or None,
+        watermark=watermark,
+        batch_id=batch.batch_id if batch else None,
+        batch_role=batch.role if batch else None,
+        batch_index=batch.position if batch else None,
+        batch_name=batch.name if batch else None,
         idempotency_key=idempotency_key,
         request_hash=digest,
         created_at=now,
@@ -114,6 +126,37 @@ async def create_job(
             raise
         return _replay(existing, digest), False
     return job, True
+
+
+@dataclass(frozen=True)
+class BatchSlot:
+    """Where a job sits in its batch."""
+
+    batch_id: str
+    role: str
+    position: int
+    name: str
+
+
+def _merged(*lists: list[str] | None) -> list[str]:
+    """Tags in order of first appearance, without repeats."""
+    return list(dict.fromkeys(tag for tags in lists for tag in (tags or [])))
+
+
+async def _watermark(session: AsyncSession, principal: Principal, body: JobCreate) -> dict[str, Any] | None:
+    """The watermark to store on the job; a logo watermark pins the system's current logo (content-addressed)."""
+    if body.watermark is None:
+        return None
+    stored: dict[str, Any] = body.watermark.model_dump(mode="json", exclude_defaults=False)
+    if body.watermark.logo:
+        system = await systems_repository.get(session, principal.system_id)
+        if system is None or system.logo_sha256 is None:
+            message = "this system has no logo yet: upload one with PUT /v1/logo, or use a text watermark"
+            raise ValidationFailed(
+                message, code="logo_missing", details=[{"field": "watermark.logo", "message": message}]
+            )
+        stored["logo_sha256"] = system.logo_sha256
+    return stored
 
 
 class _Fetched(dict[str, bytes]):

@@ -19,6 +19,7 @@ class System(SQLModel, table=True):
     id: str = Field(default_factory=lambda: new_id("sys"), primary_key=True, max_length=40)
     name: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    logo_sha256: str | None = Field(default=None, max_length=64)  # its watermark logo, in the asset store (png)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col, select
 
@@ -59,3 +60,12 @@ async def tokens_by_prefix(session: AsyncSession, prefix: str) -> list[Token]:
 async def tokens_of(session: AsyncSession, system_id: str) -> Sequence[Token]:
     result = await session.execute(select(Token).where(Token.system_id == system_id).order_by(col(Token.created_at)))
     return result.scalars().all()
+
+
+async def get(session: AsyncSession, system_id: str) -> System | None:
+    return await session.get(System, system_id)
+
+
+async def set_logo(session: AsyncSession, system_id: str, sha256: str | None) -> bool:
+    result = await session.execute(update(System).where(col(System.id) == system_id).values(logo_sha256=sha256))
+    return bool(getattr(result, "rowcount", 0))

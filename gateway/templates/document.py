@@ -38,7 +38,7 @@ from gateway.templates.sandbox import PromptEnvironment, RenderError, require_pl
 _FRONT = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)(.*)\Z", re.DOTALL)
 MAX_SOURCE = 64 * 1024
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=100)]
-Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+Dimension = Annotated[int, Field(ge=64, le=2048)]  # any size: generated at multiples of 8, then fitted
 
 
 def _no_retrieval(uri: str) -> Any:
@@ -104,13 +104,9 @@ class TemplateDocument:
 
     def validate_record(self, record: Any) -> None:
         """Raise TemplateInvalid naming a field of ``record`` the schema refuses (as ``record.<path>``)."""
-        try:
-            first = next(_validator(self.front.schema_).iter_errors(record), None)  # one error, not all of them
-        except (RecursionError, ReferencingError):
-            raise TemplateInvalid("front_matter.schema", "the schema's references cannot be resolved") from None
+        first = first_schema_error(self.front.schema_, record)
         if first is not None:
-            path = ".".join(str(p) for p in first.absolute_path)
-            raise TemplateInvalid(f"record.{path}" if path else "record", first.message[:300])
+            raise TemplateInvalid(*first)
 
     def render(self, record: dict[str, Any], env: PromptEnvironment) -> Rendered:
         self.validate_record(record)
@@ -140,7 +136,27 @@ def _validator(schema: dict[str, Any]) -> Draft202012Validator:
     return Draft202012Validator(schema, registry=_REGISTRY)
 
 
-def _check_schema(schema: Any) -> None:
+def first_schema_error(schema: dict[str, Any], record: Any) -> tuple[str, str] | None:
+    """``(field, message)`` of the first thing ``schema`` refuses in ``record`` (``record.<path>``), or None."""
+    try:
+        first = next(_validator(schema).iter_errors(record), None)  # one error, not all of them
+    except (RecursionError, ReferencingError):
+        raise TemplateInvalid("front_matter.schema", "the schema's references cannot be resolved") from None
+    if first is None:
+        return None
+    parts = [str(p) for p in first.absolute_path]
+    if first.validator == "required" and isinstance(first.instance, dict):  # name the missing field itself
+        missing = [name for name in first.validator_value if name not in first.instance]
+        if missing:
+            return ".".join(["record", *parts, str(missing[0])]), "is required"
+    message, quoted = first.message, repr(first.instance)
+    if len(quoted) > 60 and message.startswith(quoted):  # "'xxxx…' is too long": the reason, not the value
+        message = "the value" + message[len(quoted) :]
+    return ".".join(["record", *parts]), message[:300]
+
+
+def check_schema(schema: Any) -> None:
+    """Refuse a schema that reaches outside itself, uses regular expressions or branches without bound."""
     branches = 0
 
     def walk(node: Any, depth: int) -> None:
@@ -195,7 +211,7 @@ def parse(source: str, env: PromptEnvironment) -> TemplateDocument:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"]) or "front_matter"
         raise TemplateInvalid(f"front_matter.{where}", str(error["msg"])) from None
-    _check_schema(front.schema_)
+    check_schema(front.schema_)
     try:
         require_plain(front.data)
     except RenderError as exc:

@@ -6,6 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gateway.templates.keywords import keywords
+
 _SPACE = re.compile(r"\s+")
 
 
@@ -39,4 +41,4 @@ def clean(text: Any) -> str:
     return _SPACE.sub(" ", str(text)).strip()
 
 
-FILTERS = {"take": take, "lookup": lookup, "join_natural": join_natural, "clean": clean}
+FILTERS = {"take": take, "lookup": lookup, "join_natural": join_natural, "clean": clean, "keywords": keywords}

@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from gateway.db.engine import transaction
 from gateway.errors import Conflict, NotFound, ValidationFailed
 from gateway.systems.service import Principal
-from gateway.templates import repository
+from gateway.templates import keywords, repository
 from gateway.templates.document import Rendered, TemplateDocument, TemplateInvalid, parse
 from gateway.templates.models import LIBRARY, TemplateVersion
 from gateway.templates.sandbox import PromptEnvironment
@@ -107,6 +107,7 @@ async def render(row: TemplateVersion, record: dict[str, Any]) -> Rendered:
     """Render a stored version with a record (in a thread: rendering is CPU work, bounded to half a second)."""
 
     def work() -> Rendered:
+        keywords.warm()  # once per process, outside the render's clock (load_shipped warms it at start)
         try:
             return parsed(row.source).render(record, ENV)
         except TemplateInvalid as exc:
@@ -144,6 +145,7 @@ async def load_shipped(
     An edited library template stays; a release that changes a shipped file adds it as the newest version.
     Looks first without writing (the usual start has nothing to add), then adds what is missing in one go.
     """
+    await asyncio.to_thread(keywords.warm)  # jieba's dictionary: loaded now, not by the first render that needs it
     documents = _shipped_documents()
     async with (read_sessionmaker or sessionmaker)() as session:  # read-only: no SQLite write lock
         missing = [d for d in documents if await repository.with_source(session, LIBRARY, d.name, d.source) is None]

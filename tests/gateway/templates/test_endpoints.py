@@ -109,7 +109,7 @@ async def test_render_previews_the_prompt_and_parameters(embedded: Stack) -> Non
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["prompt"].startswith("智能台灯 in a modern home office")
-    assert (body["parameters"]["width"], body["parameters"]["height"]) == (1600, 896)
+    assert (body["parameters"]["width"], body["parameters"]["height"]) == (1600, 900)
     assert body["tags"] == ["product", "scene"]
     assert (await embedded.client.get("/v1/jobs", headers=auth(crm))).json()["items"] == []
 
@@ -123,7 +123,7 @@ async def test_records_failing_the_schema_and_filtered_renderings_are_422(embedd
         path, json={"record": {"name": "血腥暴力玩偶", "category": "home"}}, headers=auth(crm)
     )
 
-    assert no_name.status_code == 422 and no_name.json()["error"]["details"][0]["field"] == "record"
+    assert no_name.status_code == 422 and no_name.json()["error"]["details"][0]["field"] == "record.name"
     assert filtered.status_code == 422 and filtered.json()["error"]["code"] == "content_filtered"
 
 

@@ -1,0 +1,507 @@
+"""``imagegate batch``: the file reader, names and keys, and whole runs against a real gateway on a loopback port."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import typer
+from PIL import Image
+from typer.testing import CliRunner
+
+from gateway.cli import batch as batch_module
+from gateway.cli.batch import (
+    Entry,
+    UsageProblem,
+    asset_file_name,
+    batch,
+    idempotency_key,
+    parse_cell,
+    parse_options,
+    read_csv,
+    read_input,
+    read_jsonl,
+    sanitise,
+    stems_of,
+)
+from tests.conftest import Stack, auth, start_stack
+from tests.live import serve_asgi
+from tests.processes import cli, env_for
+
+SIZES = {"main": (1200, 1200), "scene": (1600, 900), "detail": (800, 800)}
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading files
+
+
+def test_csv_dotted_headers_nest_and_json_cells_are_parsed() -> None:
+    text = (
+        "asset_type,theme,count,style_guide.name,style_guide.rules.color_palette,style_guide.rules.style_description\n"
+        'icons,春节,4,ACME 品牌,"[""#C8102E"",""#FFD700""]",扁平 简洁\n'
+    )
+    [entry] = read_csv(text)
+    assert entry == Entry(
+        2,
+        record={
+            "asset_type": "icons",
+            "theme": "春节",
+            "count": 4,
+            "style_guide": {
+                "name": "ACME 品牌",
+                "rules": {"color_palette": ["#C8102E", "#FFD700"], "style_description": "扁平 简洁"},
+            },
+        },
+    )
+
+
+def test_csv_cells_numbers_text_and_empty_cells() -> None:
+    text = (
+        "id,name,category,features,selling_point,price,sku,flag\n"
+        'P001,防水登山鞋,outdoor,"[""防水"",""轻便""]",,199.5,007,true\n'
+        "1002,Trail Jacket,clothing,,  ,-3e2,12a,\n"
+    )
+    first, second = read_csv(text)
+    assert first.record == {
+        "id": "P001",
+        "name": "防水登山鞋",
+        "category": "outdoor",
+        "features": ["防水", "轻便"],
+        "price": 199.5,
+        "sku": "007",  # not a JSON number: leading zeros stay text
+        "flag": "true",  # only numbers and [..]/{..} are JSON
+    }
+    assert second.record == {"id": 1002, "name": "Trail Jacket", "category": "clothing", "price": -300.0, "sku": "12a"}
+    assert parse_cell("") == (False, None)
+    assert parse_cell("{}") == (True, {})
+    assert parse_cell("1e999") == (True, "1e999")
+    with pytest.raises(ValueError, match="Infinity is not JSON"):
+        parse_cell("[Infinity]")
+
+
+def test_csv_bad_rows_are_invalid_with_their_line_numbers_and_the_rest_is_read() -> None:
+    text = 'id,name,features\na,Shoe,"[""x""]"\n\nb,Bag,[broken\nc,"multi\nline name",\nd,Cup,,extra\n,,\ne,Pen,{}\n'
+    entries = read_csv(text)
+    assert [(e.line, e.record is not None) for e in entries] == [
+        (2, True),
+        (4, False),
+        (5, True),
+        (7, False),
+        (9, True),
+    ]
+    assert entries[1].invalid is not None and "column 'features': invalid JSON" in entries[1].invalid
+    assert entries[2].record == {"id": "c", "name": "multi\nline name"}
+    assert entries[3].invalid == "4 cells, but the header has 3 columns"
+    assert entries[4].record == {"id": "e", "name": "Pen", "features": {}}
+
+
+@pytest.mark.parametrize(
+    ("header", "message"),
+    [
+        ("a,b,a", "appears twice"),
+        ("a,a.b", "both a value and an object"),
+        ("a,,b", "empty name"),
+        ("a,b..c", "empty dotted part"),
+    ],
+)
+def test_csv_header_problems_stop_the_run(header: str, message: str) -> None:
+    with pytest.raises(UsageProblem, match=message):
+        read_csv(header + "\n1,2,3\n")
+
+
+def test_jsonl_objects_blank_lines_and_bad_lines() -> None:
+    lines = [
+        '{"id": "P1", "name": "防水登山鞋", "note": "a\u2028b"}',
+        "",
+        "{not json}",
+        "[1, 2]",
+        "{}",
+        '  {"name": "Cup"}  \r',
+        '{"price": NaN}',
+        '{"price": 1e999}',
+    ]
+    text = "\n".join(lines) + "\n"
+    entries = read_jsonl(text)
+    assert [(e.line, e.invalid) for e in entries] == [
+        (1, None),
+        (3, "invalid JSON (Expecting property name enclosed in double quotes at character 2)"),
+        (4, "not a JSON object (a list)"),
+        (5, "an empty object"),
+        (6, None),
+        (7, "invalid JSON (NaN is not JSON)"),
+        (8, "invalid JSON (1e999 is too large)"),
+    ]
+    assert entries[0].record == {"id": "P1", "name": "防水登山鞋", "note": "a\u2028b"}
+    assert entries[4].record == {"name": "Cup"}
+
+
+def test_read_input_by_extension_bom_stdin_and_encoding(tmp_path: Path) -> None:
+    csv_file = tmp_path / "products.CSV"
+    csv_file.write_bytes("\ufeffid,name\nP1,保温杯\n".encode())
+    assert read_input(str(csv_file)) == [Entry(2, record={"id": "P1", "name": "保温杯"})]
+    ndjson = tmp_path / "products.ndjson"
+    ndjson.write_text('{"name": "x"}\n', encoding="utf-8")
+    assert read_input(str(ndjson)) == [Entry(1, record={"name": "x"})]
+    assert read_input("-", io.StringIO('{"name": "y"}\n')) == [Entry(1, record={"name": "y"})]
+    gbk = tmp_path / "gbk.csv"
+    gbk.write_bytes("id,name\nP1,保温杯\n".encode("gbk"))
+    with pytest.raises(UsageProblem, match="not UTF-8"):
+        read_input(str(gbk))
+    with pytest.raises(UsageProblem, match=r"give a \.csv, \.jsonl or \.ndjson file"):
+        read_input(str(tmp_path / "products.xlsx"))
+    with pytest.raises(UsageProblem, match="cannot read"):
+        read_input(str(tmp_path / "missing.csv"))
+
+
+def test_options_json_or_file(tmp_path: Path) -> None:
+    assert parse_options(None) == {}
+    assert parse_options('{"output_format": "jpeg"}') == {"output_format": "jpeg"}
+    path = tmp_path / "options.json"
+    path.write_text('{"watermark": {"text": "ACME 品牌"}}', encoding="utf-8")
+    assert parse_options(f"@{path}") == {"watermark": {"text": "ACME 品牌"}}
+    with pytest.raises(UsageProblem, match="must be a JSON object"):
+        parse_options("[1]")
+    with pytest.raises(UsageProblem, match="invalid JSON"):
+        parse_options("{oops")
+    with pytest.raises(UsageProblem, match="cannot read"):
+        parse_options(f"@{tmp_path}/none.json")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Names and keys
+
+
+def test_sanitise_and_file_names() -> None:
+    assert sanitise("SKU 1/2:3") == "SKU_1_2_3"
+    assert sanitise("../../etc/passwd") == "etc_passwd"
+    assert sanitise("..hidden.") == "hidden"
+    assert sanitise("防水鞋") is None  # nothing readable left: the line number is used instead
+    assert sanitise("鞋-001") == "001"
+    assert sanitise("-rf") == "rf"
+    assert sanitise("x" * 200) == "x" * 80
+    assert asset_file_name("P001", "detail-1", 0, 1, "png") == "P001_detail-1.png"
+    assert asset_file_name("P001", "main", 1, 3, "JPEG") == "P001_main_2.jpeg"
+    assert asset_file_name("line7", "../x", 0, 1, "webp") == "line7_x.webp"
+
+
+def test_stems_use_the_id_else_the_line_and_never_collide() -> None:
+    entries = [
+        Entry(2, record={"id": "P 1"}),
+        Entry(3, record={"id": "P_1"}),
+        Entry(4, record={"name": "no id"}),
+        Entry(5, invalid="bad"),
+        Entry(6, record={"id": 1002}),
+        Entry(7, record={"id": "保温杯"}),
+        Entry(8, record={"id": True}),
+    ]
+    assert stems_of(entries) == {2: "P_1", 3: "P_1-line3", 4: "line4", 6: "1002", 7: "line7", 8: "line8"}
+
+
+def test_idempotency_key_is_stable_and_depends_on_recipe_record_and_options() -> None:
+    record = {"name": "防水登山鞋", "features": ["防水", "轻便"], "id": "P1"}
+    key = idempotency_key("crm.product_images", record)
+    canonical = json.dumps(
+        {"recipe": "crm.product_images", "record": record}, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert key == "batch-" + hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    assert key == idempotency_key("crm.product_images", dict(reversed(list(record.items()))), {})
+    assert key != idempotency_key("crm.product_images", {**record, "features": ["轻便", "防水"]})
+    assert key != idempotency_key("design.asset_batch", record)
+    assert key != idempotency_key("crm.product_images", record, {"output_format": "jpeg"})
+    assert len(key) == 38
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Retries
+
+
+async def test_busy_answers_and_connection_errors_are_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_module, "_backoff", lambda attempt: 0.0)
+    answers: list[Any] = [
+        httpx.Response(503, headers={"Retry-After": "0"}, json={"error": {"code": "unavailable", "message": "m"}}),
+        httpx.ConnectError("refused"),
+        httpx.Response(429, headers={"Retry-After": "0"}),
+        httpx.Response(502, text="<html>bad gateway</html>"),
+        httpx.Response(202, json={"id": "bat_1"}),
+    ]
+    seen: list[str | None] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers.get("Idempotency-Key"))
+        item = answers.pop(0)
+        if isinstance(item, Exception):
+            raise item
+        return item
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://gw") as client:
+        response = await batch_module.request(client, "POST", "/v1/recipes/r", headers={"Idempotency-Key": "k"})
+        assert response.status_code == 202
+        assert seen == ["k"] * 5
+
+        answers[:] = [
+            httpx.Response(
+                429,
+                headers={"Retry-After": "36000"},
+                json={"error": {"code": "images_per_day_exceeded", "message": "Daily images used up."}},
+            )
+        ]
+        with pytest.raises(batch_module.GatewayError) as raised:
+            await batch_module.request(client, "POST", "/v1/recipes/r")
+        assert raised.value.error == {
+            "code": "images_per_day_exceeded",
+            "message": "Daily images used up. (retry after 36000s)",
+        }
+        answers[:] = [httpx.ConnectError("refused")] * 3
+        with pytest.raises(batch_module.GatewayError, match="ConnectError: refused"):
+            await batch_module.request(client, "GET", "/v1/batches/x", transient_retries=2)
+        assert answers == []
+
+
+def test_retry_after_seconds_or_http_date() -> None:
+    assert batch_module.retry_after(httpx.Response(429, headers={"Retry-After": "7"}), 1.0) == 7.0
+    assert batch_module.retry_after(httpx.Response(429), 1.5) == 1.5
+    assert (
+        batch_module.retry_after(httpx.Response(429, headers={"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}), 1) == 0
+    )
+    assert batch_module.retry_after(httpx.Response(429, headers={"Retry-After": "soon"}), 2.0) == 2.0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Usage errors (a real process: the command is registered and needs no database)
+
+
+def test_usage_errors_exit_2_without_a_database(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    records = tmp_path / "p.jsonl"
+    records.write_text('{"name": "x"}\n', encoding="utf-8")
+    no_token = cli(env, "batch", str(records), "--recipe", "crm.product_images", cwd=tmp_path)
+    assert no_token.returncode == 2, no_token.stderr
+    assert "give --token or set IMAGEGATE_TOKEN" in no_token.stderr
+    bad_options = cli(env, "batch", str(records), "--recipe", "r", "--token", "t", "--options", "[1]", cwd=tmp_path)
+    assert bad_options.returncode == 2
+    assert "must be a JSON object" in bad_options.stderr
+    no_recipe = cli(env, "batch", str(records), "--token", "t", cwd=tmp_path)
+    assert no_recipe.returncode == 2
+    assert "--recipe" in no_recipe.stderr
+    assert not (tmp_path / "imagegate.db").exists()
+    assert not (tmp_path / "imagegate-out" / "summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Against a real gateway
+
+
+def _without_lifespan(app: Any) -> Any:
+    """``app`` for uvicorn when the test already runs its lifespan (``start_stack``)."""
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                if message["type"] == "lifespan.startup":
+                    await send({"type": "lifespan.startup.complete"})
+                elif message["type"] == "lifespan.shutdown":
+                    await send({"type": "lifespan.shutdown.complete"})
+                    return
+        await app(scope, receive, send)
+
+    return asgi
+
+
+@dataclass
+class Live:
+    stack: Stack
+    url: str
+    token: str
+
+
+@pytest.fixture
+async def live(tmp_path: Path) -> AsyncIterator[Live]:
+    async for stack in start_stack("embedded", tmp_path, None, preview_step_ms=1.0):
+        async with serve_asgi(_without_lifespan(stack.app)) as url:
+            yield Live(stack, url, await stack.system("crm", "generate,batch"))
+
+
+def _command() -> typer.Typer:
+    app = typer.Typer()
+    app.command()(batch)
+    return app
+
+
+async def run_batch(live: Live, *args: str, input: str | None = None) -> Any:
+    """The command in a thread (the gateway answers from this event loop meanwhile)."""
+    argv = ["--url", live.url, "--token", live.token, "--poll", "0.1", "--quiet", *args]
+    return await asyncio.to_thread(CliRunner().invoke, _command(), argv, input=input, catch_exceptions=False)
+
+
+PRODUCTS_CSV = (
+    "id,name,category,features,selling_point\n"
+    'P001,防水登山鞋,outdoor,"[""防水"",""轻便"",""耐磨""]",全天候守护双脚\n'
+    '1002,Trail Running Jacket,clothing,"[""breathable"",""windproof""]",\n'
+    ',智能保温杯,home,"[""316不锈钢"",""12小时保温"",""一键测温"",""LED显示""]",\n'
+)
+
+
+async def _batch_ids(live: Live) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        params = {"limit": "100"} | ({"cursor": cursor} if cursor else {})
+        response = await live.stack.client.get("/v1/batches", params=params, headers=auth(live.token))
+        assert response.status_code == 200, response.text
+        page = response.json()
+        ids += [b["id"] for b in page["items"]]
+        cursor = page["next_cursor"]
+        if not cursor:
+            return ids
+
+
+async def test_a_csv_of_products_makes_named_images_and_a_rerun_resumes(live: Live, tmp_path: Path) -> None:
+    products = tmp_path / "products.csv"
+    products.write_text(PRODUCTS_CSV, encoding="utf-8")
+    out = tmp_path / "out"
+    first = await run_batch(live, str(products), "--recipe", "crm.product_images", "--out", str(out))
+    assert first.exit_code == 0, first.output
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["recipe"] == "crm.product_images"
+    assert summary["url"] == live.url
+    assert summary["counts"]["succeeded"] == 3
+    assert sum(summary["counts"].values()) == 3
+    assert "summary:" in first.stdout and "succeeded" in first.stdout
+    records = summary["records"]
+    assert [(r["line"], r["record_id"], r["status"], r["error"]) for r in records] == [
+        (2, "P001", "succeeded", None),
+        (3, "1002", "succeeded", None),
+        (4, None, "succeeded", None),
+    ]
+    for record, stem, details in zip(records, ("P001", "1002", "line4"), (3, 2, 3), strict=True):
+        roles = [job["role"] for job in record["jobs"]]
+        assert sorted(roles) == sorted(["main", "scene", *["detail"] * details])
+        for job in record["jobs"]:
+            assert job["status"] == "succeeded"
+            assert job["files"] == [f"{stem}_{job['name']}.png"]
+            with Image.open(out / job["files"][0]) as image:
+                assert image.size == SIZES[job["role"]], job
+    on_disk = sorted(p.name for p in out.iterdir())
+    assert on_disk == sorted(["summary.json", *(f for r in records for j in r["jobs"] for f in j["files"])])
+    assert len(await _batch_ids(live)) == 3
+    stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".png"}
+
+    again = await run_batch(live, str(products), "--recipe", "crm.product_images", "--out", str(out))
+    assert again.exit_code == 0, again.output
+    rerun = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert [r["batch"] for r in rerun["records"]] == [r["batch"] for r in records]
+    assert sorted(await _batch_ids(live)) == sorted(r["batch"] for r in records)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.suffix == ".png"} == stamps  # not rewritten
+
+
+async def test_rejected_and_invalid_records_are_reported_and_exit_1(live: Live, tmp_path: Path) -> None:
+    lines = [
+        json.dumps({"id": "ok-1", "name": "折叠伞", "category": "outdoor"}, ensure_ascii=False),
+        json.dumps({"id": "no-name", "category": "outdoor"}),
+        "{broken",
+        "[1, 2]",
+    ]
+    out = tmp_path / "out"
+    result = await run_batch(
+        live, "-", "--recipe", "crm.product_images", "--out", str(out), input="\n".join(lines) + "\n"
+    )
+    assert result.exit_code == 1, result.output
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    by_line = {r["line"]: r for r in summary["records"]}
+    assert [(line, r["status"]) for line, r in by_line.items()] == [
+        (1, "succeeded"),
+        (2, "rejected"),
+        (3, "invalid"),
+        (4, "invalid"),
+    ]
+    assert by_line[2]["error"]["code"] in ("validation_failed", "validation_error")
+    assert "name" in by_line[2]["error"]["message"]
+    assert by_line[2]["batch"] is None and by_line[2]["jobs"] == []
+    assert by_line[3]["error"]["code"] == "invalid" and "invalid JSON" in by_line[3]["error"]["message"]
+    assert by_line[4]["error"]["message"] == "not a JSON object (a list)"
+    counts = summary["counts"]
+    assert (counts["succeeded"], counts["rejected"], counts["invalid"]) == (1, 1, 2)
+    assert (out / "ok-1_main.png").exists()
+
+
+async def test_options_are_passed_through(live: Live, tmp_path: Path) -> None:
+    record = {"id": "P9", "name": "保温杯", "category": "home"}
+    out = tmp_path / "out"
+    options = json.dumps({"output_format": "jpeg", "watermark": {"text": "ACME 品牌"}}, ensure_ascii=False)
+    result = await run_batch(
+        live, "-", "--recipe", "crm.product_images", "--out", str(out), "--options", options,
+        input=json.dumps(record, ensure_ascii=False) + "\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "P9_main.jpeg") as image:
+        assert (image.format, image.size) == ("JPEG", (1200, 1200))
+
+
+async def test_a_wrong_token_is_a_clear_error_without_a_traceback(live: Live, tmp_path: Path) -> None:
+    products = tmp_path / "products.csv"
+    products.write_text(PRODUCTS_CSV, encoding="utf-8")
+    env = env_for(tmp_path) | {"IMAGEGATE_TOKEN": "igw_wrongwrong_not-a-real-key", "IMAGEGATE_URL": live.url}
+    result = await asyncio.to_thread(cli, env, "batch", str(products), "--recipe", "crm.product_images", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "the gateway refused the token (401 unauthorized)" in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr + result.stdout
+    assert await _batch_ids(live) == []
+    assert not (tmp_path / "imagegate-out" / "summary.json").exists()
+
+    unknown = await run_batch(live, str(products), "--recipe", "crm.no_such_recipe", "--out", str(tmp_path / "o"))
+    assert unknown.exit_code == 2, unknown.output
+    message = " ".join(unknown.stderr.split())
+    assert "no recipe 'crm.no_such_recipe'" in message and "crm.product_images" in message
+    assert await _batch_ids(live) == []
+
+
+async def test_a_token_without_the_batch_scope_rejects_every_record_after_the_first_answer(
+    live: Live, tmp_path: Path
+) -> None:
+    products = tmp_path / "products.csv"
+    products.write_text(PRODUCTS_CSV, encoding="utf-8")
+    out = tmp_path / "out"
+    live.token = await live.stack.system("oa", "generate")
+    result = await run_batch(live, str(products), "--recipe", "crm.product_images", "--out", str(out))
+    assert result.exit_code == 1, result.output
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["counts"]["rejected"] == 3
+    assert {r["error"]["code"] for r in summary["records"]} == {"insufficient_scope"}
+
+
+async def test_an_unreachable_gateway_is_a_usage_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(batch_module, "_backoff", lambda attempt: 0.0)
+    products = tmp_path / "p.jsonl"
+    products.write_text('{"name": "x", "category": "home"}\n', encoding="utf-8")
+    from tests.processes import free_port
+
+    argv = [str(products), "--recipe", "crm.product_images", "--token", "t", "--url", f"http://127.0.0.1:{free_port()}"]
+    result = await asyncio.to_thread(CliRunner().invoke, _command(), [*argv, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "cannot reach the gateway" in result.stderr
+
+
+async def test_a_timeout_writes_the_summary_with_unfinished_records(tmp_path: Path) -> None:
+    async for stack in start_stack("embedded", tmp_path, None, preview_step_ms=2000.0):
+        async with serve_asgi(_without_lifespan(stack.app)) as url:
+            live = Live(stack, url, await stack.system("crm", "generate,batch"))
+            out = tmp_path / "out"
+            record = json.dumps({"id": "slow", "name": "登山杖", "category": "outdoor"}, ensure_ascii=False)
+            result = await run_batch(
+                live, "-", "--recipe", "crm.product_images", "--out", str(out), "--timeout", "1.5", input=record
+            )
+            assert result.exit_code == 1, result.output
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+            [entry] = summary["records"]
+            assert entry["status"] == "timeout"
+            assert entry["batch"] is not None and entry["batch"].startswith("bat_")
+            assert summary["ended"] == "timeout"
+            assert "resume" in result.stdout
