@@ -22,6 +22,7 @@ Position = Literal["top-left", "top-right", "bottom-left", "bottom-right", "cent
 
 MAX_LOGO_BYTES = 2 * 1024 * 1024
 MAX_LOGO_SIDE = 4096
+STORED_LOGO_SIDE = 1024
 MAX_OUTPUT_SIDE = 8192
 _LOGO_FORMATS = ("PNG", "JPEG", "WEBP")
 _SAVE_OPTIONS: dict[str, dict[str, Any]] = {
@@ -90,12 +91,15 @@ class Finished:
 
 
 def load_logo(data: bytes) -> bytes:
-    """Check a logo upload (PNG, JPEG or WEBP; at most 2 MB and 4096x4096 px) and return it as RGBA PNG bytes.
+    """Check a logo upload (PNG, JPEG or WEBP; at most 2 MB and 4096x4096 px) and return it as RGBA PNG bytes,
+    at most ``STORED_LOGO_SIDE`` px on its longer side (a watermark is at most half an image's width).
 
     Raises ``ValueError`` with a reason a person can act on.
     """
+    image = _open_logo(data)
+    image.thumbnail((STORED_LOGO_SIDE, STORED_LOGO_SIDE), Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
-    _open_logo(data).save(buffer, format="PNG")
+    image.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -122,7 +126,7 @@ def finish(
     if watermark is not None and watermark.logo:
         if logo is None:
             raise ValueError("the watermark asks for the calling system's logo, but there is no logo")
-        logo_image = _open_logo(logo)
+        logo_image = _open_logo(logo, max_bytes=None)  # the stored PNG: its upload was checked, it may be larger
 
     image = _open(data)
     if size is not None and image.size != tuple(size):
@@ -140,10 +144,10 @@ def _open(data: bytes) -> Image.Image:
         return image.convert("RGBA" if image.has_transparency_data else "RGB")
 
 
-def _open_logo(data: bytes) -> Image.Image:
+def _open_logo(data: bytes, max_bytes: int | None = MAX_LOGO_BYTES) -> Image.Image:
     if not data:
         raise ValueError("the logo is empty")
-    if len(data) > MAX_LOGO_BYTES:
+    if max_bytes is not None and len(data) > max_bytes:
         raise ValueError(f"the logo is {len(data) / 1024 / 1024:.1f} MB; at most {MAX_LOGO_BYTES // 1024 // 1024} MB")
     try:
         opened = Image.open(io.BytesIO(data), formats=_LOGO_FORMATS)

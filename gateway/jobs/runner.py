@@ -131,6 +131,11 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
     # the run that took the job over never share, overwrite or release each other's slot.
     run_key = f"{job.id}:{lease[:12]}"
     try:
+        logo_sha256 = _logo_of(job)
+        logo = await res.store.read(logo_sha256, "png") if logo_sha256 else None
+    except FileNotFoundError:  # checked before any GPU time is spent on it
+        return await _fail(res, job.id, lease, "logo_missing", "The watermark's logo is no longer stored.", notes)
+    try:
         request = await _request_of(res, job)
         work = generation.generate(
             res.scheduler,
@@ -150,7 +155,7 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
             )
             notes += describe_notes
         assets = await _with_heartbeat(
-            res, job.id, lease, progress, deadline, _store(res, job, generated, captions, notes)
+            res, job.id, lease, progress, deadline, _store(res, job, generated, captions, notes, logo)
         )
     except BackendError as exc:
         return await _fail(res, job.id, lease, exc.code, exc.message, notes + exc.notes)
@@ -224,21 +229,39 @@ async def _with_heartbeat(
             await asyncio.wait({task}, timeout=_CANCEL_GRACE_SECONDS)
 
 
+def _logo_of(job: Job) -> str | None:
+    """The content hash of the logo the job's watermark draws, if it draws one."""
+    if not job.watermark or not job.watermark.get("logo"):
+        return None
+    sha256 = job.watermark.get("logo_sha256")
+    return sha256 if isinstance(sha256, str) else None
+
+
+def _target(job: Job, generated: Generated, width: int, height: int) -> tuple[int, int]:
+    """The stored size: the size asked for; after the out-of-memory fallback, its aspect within what was made."""
+    if not generated.fell_back:
+        return job.width, job.height
+    scale = min(width / job.width, height / job.height)
+    return max(1, round(job.width * scale)), max(1, round(job.height * scale))
+
+
 async def _store(
-    res: Resources, job: Job, generated: Generated, captions: list[Caption | None], notes: list[str]
+    res: Resources,
+    job: Job,
+    generated: Generated,
+    captions: list[Caption | None],
+    notes: list[str],
+    logo: bytes | None,
 ) -> list[Asset]:
     """Write the images to the content-addressed store: fitted to the size asked for, watermarked, in the job's
-    format (an image the out-of-memory fallback made smaller keeps its size: it is not blown up again)."""
-    target = None if generated.fell_back else (job.width, job.height)
+    format (an image the out-of-memory fallback made smaller is cropped to the aspect asked for, not enlarged)."""
     watermark = Watermark.model_validate(_public(job.watermark)) if job.watermark else None
-    logo = None
-    if job.watermark and job.watermark.get("logo_sha256"):
-        logo = await res.store.read(job.watermark["logo_sha256"], "png")
     assets = []
-    fitted: set[tuple[int, int]] = set()
+    fitted: set[tuple[int, int, int, int]] = set()
     for index, (image, caption) in enumerate(zip(generated.images, captions, strict=True)):
         data, width, height = image.data, image.width, image.height
-        size = target if target is not None and target != (width, height) else None
+        target = _target(job, generated, width, height)
+        size = target if target != (width, height) else None
         if size is not None or watermark is not None or image.format != job.output_format:
             done = await asyncio.to_thread(
                 finish,
@@ -250,7 +273,7 @@ async def _store(
             )
             data, width, height = done.data, done.width, done.height
             if size is not None:
-                fitted.add((image.width, image.height))
+                fitted.add((image.width, image.height, *size))
         stored = await res.store.put(data, job.output_format)
         tags = list(dict.fromkeys([*(job.tags or []), *((caption.tags or []) if caption else [])]))
         assets.append(
@@ -269,8 +292,8 @@ async def _store(
                 tags=tags or None,
             )
         )
-    for w, h in sorted(fitted):
-        notes.append(f"Generated at {w}x{h} and fitted to exactly {job.width}x{job.height} (scaled to cover, centred).")
+    for w, h, fw, fh in sorted(fitted):
+        notes.append(f"Generated at {w}x{h} and fitted to exactly {fw}x{fh} (scaled to cover, centred).")
     return assets
 
 

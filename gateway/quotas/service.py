@@ -95,21 +95,32 @@ def _fits_a_day(quota: Quota, demand: Demand) -> None:
         ("gpu_seconds_per_day", quota.gpu_seconds_per_day, demand.gpu_seconds),
     ):
         if value is not None and 0 < value < wanted:
-            message = f"This job needs {wanted:g} of {limit}, more than the whole daily limit of {value:g}."
+            message = f"This needs {wanted:g} of {limit}, more than the whole daily limit of {value:g}."
             raise ValidationFailed(
                 message, code="exceeds_daily_limit", details=[{"field": "body", "message": message, "limit": limit}]
             )
 
 
-async def precheck(session: AsyncSession, *, system_id: str, demand: Demand) -> None:
+async def precheck(session: AsyncSession, *, system_id: str, demand: Demand, jobs: int = 1) -> None:
     """A read-only look before costly work (fetching input URLs): refuse now what admission would refuse.
 
-    Not authoritative (nothing is locked); ``reserve`` decides.
+    ``jobs`` is how many jobs ``demand`` is spread over (a batch). Not authoritative (nothing is locked);
+    ``reserve`` decides.
     """
     quota = await repository.get_quota(session, system_id)
     if quota is None:
         return
-    if quota.concurrent_jobs is not None and quota.active_jobs >= quota.concurrent_jobs:
+    if quota.concurrent_jobs is not None and 0 < quota.concurrent_jobs < jobs:
+        message = (
+            f"This batch has {jobs} jobs, more than this system may have unfinished at once "
+            f"(concurrent_jobs {quota.concurrent_jobs})."
+        )
+        raise ValidationFailed(
+            message,
+            code="batch_exceeds_concurrent_jobs",
+            details=[{"field": "record", "message": message, "limit": "concurrent_jobs"}],
+        )
+    if quota.concurrent_jobs is not None and quota.active_jobs + jobs > quota.concurrent_jobs:
         raise _too_many_jobs(quota.concurrent_jobs, quota.active_jobs, demand)
     _fits_a_day(quota, demand)
     day = today()

@@ -124,17 +124,32 @@ def path_value(data: Any, path: str) -> Any:
     return node
 
 
-def fill(text: str, *scopes: dict[str, Any]) -> str:
-    """``{field}`` replaced by the first scope's value at that path (plain text; a missing value is empty)."""
+def fill(text: str, *scopes: dict[str, Any], name_part: bool = False) -> str:
+    """``{field}`` replaced by the first scope's value at that path (plain text; a missing value is empty).
+
+    With ``name_part`` (template names) a value must be one name part (``sales_analysis``), else it becomes
+    ``!``, which no template name contains: ``oa.{type}`` can never reach outside ``oa.``.
+    """
 
     def value(match: re.Match[str]) -> str:
         for scope in scopes:
             found = path_value(scope, match.group(1))
             if found is not None and not isinstance(found, dict | list):
-                return str(found)
+                text = str(found)
+                if name_part and not _NAME_PART.match(text):
+                    return "!"
+                return text
         return ""
 
     return _PLACEHOLDER.sub(value, text)
+
+
+def _role(text: str, *scopes: dict[str, Any]) -> str:
+    return " ".join(fill(text, *scopes).split())[:100] or "job"
+
+
+def _template(text: str, *scopes: dict[str, Any]) -> str:
+    return fill(text, *scopes, name_part=True)
 
 
 def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | None) -> list[Planned]:
@@ -149,7 +164,7 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
                 Planned(
                     role=style,
                     index=0,
-                    template=fill(recipe.styles.template, scope),
+                    template=_template(recipe.styles.template, scope),
                     record={**record, "style": style},
                     tags=[fill(t, scope) for t in recipe.styles.tags],
                     skip_missing=False,
@@ -167,13 +182,13 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
             counts: dict[str, int] = {}
             for item in items[: spec.limit] if spec.limit else items:
                 scope = item if isinstance(item, dict) else {}
-                role = fill(spec.role, scope, record)
+                role = _role(spec.role, scope, record)
                 assert spec.as_ is not None
                 planned.append(
                     Planned(
                         role=role,
                         index=counts.get(role, 0),
-                        template=fill(spec.template, scope, record),
+                        template=_template(spec.template, scope, record),
                         record={**record, spec.as_: item},
                         tags=[t for t in (fill(t, scope, record) for t in spec.tags) if t],
                         skip_missing=spec.skip_missing,
@@ -181,17 +196,21 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
                     )
                 )
                 counts[role] = counts.get(role, 0) + 1
+                if len(planned) > MAX_JOBS:
+                    break
         elif spec.repeat is not None:
             count = path_value(record, spec.repeat)
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise RecipeError(f"record.{spec.repeat}", "must be an integer of at least 1")
-            role = fill(spec.role, record)
+            if count > MAX_JOBS - len(planned):
+                raise RecipeError(f"record.{spec.repeat}", f"this record would make more than {MAX_JOBS} jobs")
+            role = _role(spec.role, record)
             for index in range(count):
                 planned.append(
                     Planned(
                         role=role,
                         index=index,
-                        template=fill(spec.template, record),
+                        template=_template(spec.template, record),
                         record={**record, "index": index, "number": index + 1},
                         tags=[t for t in (fill(t, record) for t in spec.tags) if t],
                         skip_missing=spec.skip_missing,
@@ -201,9 +220,9 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
         else:
             planned.append(
                 Planned(
-                    role=fill(spec.role, record),
+                    role=_role(spec.role, record),
                     index=0,
-                    template=fill(spec.template, record),
+                    template=_template(spec.template, record),
                     record=record,
                     tags=[t for t in (fill(t, record) for t in spec.tags) if t],
                     skip_missing=spec.skip_missing,

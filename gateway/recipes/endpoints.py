@@ -22,7 +22,16 @@ from gateway.recipes import repository, service
 from gateway.recipes.document import shipped
 from gateway.recipes.models import Batch
 from gateway.recipes.repository import Progress
-from gateway.recipes.schemas import BatchJob, BatchList, BatchRead, RecipeList, RecipeRead, RecipeRun
+from gateway.recipes.schemas import (
+    BatchJob,
+    BatchList,
+    BatchRead,
+    BatchSummary,
+    RecipeList,
+    RecipeRead,
+    RecipeRun,
+    Skipped,
+)
 from gateway.systems.service import Principal
 from policies.scopes import Scope
 
@@ -83,7 +92,7 @@ async def run_recipe(
             first = await service.replayed(read, principal=principal, idempotency_key=idempotency_key, digest=digest)
             if first is not None:
                 return await _replayed(read, first, response, base)
-            prepared = await service.prepare(
+            preparation = await service.prepare(
                 read,
                 principal=principal,
                 recipe=recipe,
@@ -96,7 +105,7 @@ async def run_recipe(
             principal=principal,
             recipe=recipe,
             run=body,
-            prepared=prepared,
+            preparation=preparation,
             idempotency_key=idempotency_key,
             digest=digest,
             store=res.store,
@@ -159,12 +168,12 @@ def _read(batch: Batch, batch_jobs: list[Job], assets: dict[str, list[Asset]], b
             )
         )
         seen[role] = seen.get(role, 0) + 1
-    return _summary(batch, progress, base, items)
+    return BatchRead(**_summary(batch, progress).model_dump(), jobs=items)
 
 
-def _summary(batch: Batch, progress: Progress, base: str, items: list[BatchJob] | None = None) -> BatchRead:
+def _summary(batch: Batch, progress: Progress) -> BatchSummary:
     state, done = service.aggregate(batch.total, progress)
-    return BatchRead(
+    return BatchSummary(
         id=batch.id,
         recipe=batch.recipe,
         record_id=batch.record_id,
@@ -174,7 +183,7 @@ def _summary(batch: Batch, progress: Progress, base: str, items: list[BatchJob] 
         counts={s: progress.counts.get(s, 0) for s in _STATUSES},
         created_at=batch.created_at,
         finished_at=progress.finished_at if done else None,
-        jobs=items or [],
+        skipped=[Skipped.model_validate(s) for s in batch.skipped or []],
     )
 
 
@@ -184,15 +193,16 @@ async def list_batches(
     session: ReadSessionDep,
     base: BaseUrlDep,
     recipe: Annotated[str | None, Query(max_length=100, pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$")] = None,
+    record_id: Annotated[str | None, Query(min_length=1, max_length=200, description="The record's `id`")] = None,
     cursor: Annotated[str | None, Query(max_length=40, pattern=r"^bat_[0-9a-f]+$")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> BatchList:
     """Your batches, newest first, with their aggregate status (`GET /v1/batches/{id}` for the jobs)."""
     rows, next_cursor = await service.list_batches(
-        session, principal=principal, recipe=recipe, cursor=cursor, limit=limit
+        session, principal=principal, recipe=recipe, record_id=record_id, cursor=cursor, limit=limit
     )
     progress = await repository.progress_of(session, [b.id for b in rows])
-    return BatchList(items=[_summary(b, progress[b.id], base) for b in rows], next_cursor=next_cursor)
+    return BatchList(items=[_summary(b, progress[b.id]) for b in rows], next_cursor=next_cursor)
 
 
 @router.get("/batches/{batch_id}", response_model=BatchRead, responses=error_responses(404))

@@ -27,6 +27,7 @@ class Batch(SQLModel, table=True):
     record_id: str | None = Field(default=None, sa_column=Column(String(200), nullable=True))
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, default=dict))
     total: int = Field(sa_column=Column(Integer, nullable=False))
+    skipped: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False, default=list))
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))

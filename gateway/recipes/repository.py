@@ -31,11 +31,13 @@ async def by_idempotency_key(session: AsyncSession, system_id: str, key: str) ->
 
 
 async def list_for_system(
-    session: AsyncSession, system_id: str, *, recipe: str | None, cursor: str | None, limit: int
+    session: AsyncSession, system_id: str, *, recipe: str | None, record_id: str | None, cursor: str | None, limit: int
 ) -> Sequence[Batch]:
     query = select(Batch).where(Batch.system_id == system_id)
     if recipe is not None:
         query = query.where(Batch.recipe == recipe)
+    if record_id is not None:
+        query = query.where(Batch.record_id == record_id)
     if cursor is not None:
         query = query.where(col(Batch.id) < cursor)
     result = await session.execute(query.order_by(col(Batch.id).desc()).limit(limit))

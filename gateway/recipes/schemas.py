@@ -91,7 +91,13 @@ class BatchJob(BaseModel):
     job: JobRead
 
 
-class BatchRead(BaseModel):
+class Skipped(BaseModel):
+    role: str
+    template: str | None = Field(description="The template it would have used, if the name is one")
+    reason: str
+
+
+class BatchSummary(BaseModel):
     id: str
     recipe: str
     record_id: str | None = Field(description="The record's `id`, if it had one")
@@ -103,9 +109,15 @@ class BatchRead(BaseModel):
     counts: dict[JobStatus, int] = Field(description="Jobs per status")
     created_at: datetime
     finished_at: datetime | None
-    jobs: list[BatchJob] = Field(description="Each job with its role (empty in lists)")
+    skipped: list[Skipped] = Field(
+        description="Items of the record left out for want of a template (e.g. report sections of another type)"
+    )
+
+
+class BatchRead(BatchSummary):
+    jobs: list[BatchJob] = Field(description="Each job with its name, role and index within the role")
 
 
 class BatchList(BaseModel):
-    items: list[BatchRead]
+    items: list[BatchSummary]
     next_cursor: str | None

@@ -42,6 +42,12 @@ from policies.semantic import SemanticCheck
 
 
 @dataclass
+class Preparation:
+    jobs: list[Prepared]
+    skipped: list[dict[str, Any]]
+
+
+@dataclass
 class Prepared:
     """One job of a batch, rendered and screened, ready to be admitted."""
 
@@ -95,7 +101,7 @@ async def prepare(
     run: RecipeRun,
     seconds_per_megapixel_step: float,
     semantic: SemanticCheck | None,
-) -> list[Prepared]:
+) -> Preparation:
     """Every job the record makes, rendered from its template and screened; 422 naming what is wrong."""
     try:
         recipe.validate_record(run.record)
@@ -104,16 +110,17 @@ async def prepare(
         raise _refused(exc.field, exc.message) from None
     except RecipeError as exc:
         raise _refused(exc.field, exc.message) from None
-    chosen = await _with_templates(session, principal, recipe, planned, run)
+    chosen, skipped = await _with_templates(session, principal, recipe, planned, run)
     names = _names([p.role for p, _ in chosen])
     unknown = sorted(set(run.options.roles) - {p.role for p, _ in chosen})
     if unknown:
         roles = ", ".join(sorted({p.role for p, _ in chosen}))
         raise _refused(f"options.roles.{unknown[0]}", f"this batch has no role {unknown[0]!r} (its roles: {roles})")
     base_seeds: dict[str, int] = {}
+    screenings: dict[tuple[str, str], Screened] = {}  # repeated jobs often share their prompt
     prepared: list[Prepared] = []
     for position, ((item, template), name) in enumerate(zip(chosen, names, strict=True)):
-        body = _body(item, template, run, base_seeds)
+        body = _body(item, run, base_seeds)
         try:
             rendered = await templates.render(template, item.record)
             body = jobs.with_template(body, rendered)
@@ -122,13 +129,16 @@ async def prepare(
             raise
         assert body.prompt is not None
         try:
-            screened = await moderation.screen(
-                session,
-                system_id=principal.system_id,
-                prompt=body.prompt,
-                negative_prompt=body.negative_prompt,
-                semantic=semantic,
-            )
+            key = (body.prompt, body.negative_prompt)
+            if key not in screenings:
+                screenings[key] = await moderation.screen(
+                    session,
+                    system_id=principal.system_id,
+                    prompt=body.prompt,
+                    negative_prompt=body.negative_prompt,
+                    semantic=semantic,
+                )
+            screened = screenings[key]
         except ContentFiltered as exc:
             exc.message = f"{name}: {exc.message}"
             exc.details = {**exc.details, "job": name}
@@ -148,15 +158,17 @@ async def prepare(
     total = Demand(
         images=sum(p.demand.images for p in prepared), gpu_seconds=round(sum(p.demand.gpu_seconds for p in prepared), 3)
     )
-    await quotas.precheck(session, system_id=principal.system_id, demand=total)
-    return prepared
+    await quotas.precheck(session, system_id=principal.system_id, demand=total, jobs=len(prepared))
+    return Preparation(jobs=prepared, skipped=skipped)
 
 
 async def _with_templates(
     session: AsyncSession, principal: Principal, recipe: RecipeDocument, planned: list[Planned], run: RecipeRun
-) -> list[tuple[Planned, TemplateVersion]]:
+) -> tuple[list[tuple[Planned, TemplateVersion]], list[dict[str, Any]]]:
+    """The planned jobs with their templates, and the items left out for want of one (``skip_missing``)."""
     found: dict[str, TemplateVersion | None] = {}
     chosen: list[tuple[Planned, TemplateVersion]] = []
+    skipped: list[dict[str, Any]] = []
     for index, item in enumerate(planned):
         if item.template not in found:
             row = None
@@ -169,7 +181,16 @@ async def _with_templates(
         template = found[item.template]
         if template is not None:
             chosen.append((item, template))
-        elif not item.skip_missing:
+        elif item.skip_missing:
+            named = valid_template_name(item.template)
+            skipped.append(
+                {
+                    "role": item.role,
+                    "template": item.template if named else None,
+                    "reason": f"no template {item.template!r}" if named else "not a template name",
+                }
+            )
+        else:
             field = f"options.styles.{index}" if run.options.styles is not None else "record"
             what = f"style {item.role!r}" if run.options.styles is not None else f"role {item.role!r}"
             raise _refused(field, f"no template {item.template!r} for the {what}", code="template_missing")
@@ -177,7 +198,7 @@ async def _with_templates(
         kinds = sorted({p.role for p in planned})
         message = f"nothing to make: no template for any of {', '.join(kinds)}" if kinds else "nothing to make"
         raise _refused("record", message, code="nothing_to_make")
-    return chosen
+    return chosen, skipped
 
 
 def _names(roles: list[str]) -> list[str]:
@@ -191,15 +212,19 @@ def _names(roles: list[str]) -> list[str]:
     return names
 
 
-def _body(item: Planned, template: TemplateVersion, run: RecipeRun, base_seeds: dict[str, int]) -> JobCreate:
-    values: dict[str, Any] = {"template": template.name, "template_version": template.version, "record": item.record}
+def _body(item: Planned, run: RecipeRun, base_seeds: dict[str, int]) -> JobCreate:
+    """The job's explicit parameters (options, then the role's overrides): they win over the template's.
+
+    The prompt is a stand-in until the template is rendered (``with_template`` replaces it); the record is not
+    part of the body, so its size is checked once, on the request."""
+    values: dict[str, Any] = {"prompt": "-"}
     if run.options.output_format is not None:
         values["output_format"] = run.options.output_format
     if run.options.watermark is not None:
         values["watermark"] = run.options.watermark.model_dump()
     override = run.options.roles.get(item.role)
-    if override is not None:
-        values.update(override.model_dump(exclude_unset=True))
+    overridden = override.model_dump(exclude_unset=True) if override is not None else {}
+    values.update(overridden)
     if item.seed_offset is not None:  # repeated jobs: distinct seeds from one base (given, or random)
         if item.role not in base_seeds:
             given = values.get("seed", -1)
@@ -207,10 +232,11 @@ def _body(item: Planned, template: TemplateVersion, run: RecipeRun, base_seeds: 
         values["seed"] = (base_seeds[item.role] + item.seed_offset) % (MAX_SEED + 1)
     try:
         return JobCreate.model_validate(values)
-    except ValidationError as exc:  # e.g. a role override the template's record cannot take
+    except ValidationError as exc:
         error = exc.errors()[0]
         field = ".".join(str(p) for p in error["loc"])
-        raise _refused(f"options.roles.{item.role}.{field}", str(error["msg"])) from None
+        where = f"options.roles.{item.role}.{field}" if error["loc"] and error["loc"][0] in overridden else field
+        raise _refused(where, str(error["msg"])) from None
 
 
 async def create_batch(
@@ -219,12 +245,13 @@ async def create_batch(
     principal: Principal,
     recipe: RecipeDocument,
     run: RecipeRun,
-    prepared: list[Prepared],
+    preparation: Preparation,
     idempotency_key: str | None,
     digest: str,
     store: LocalAssetStore,
 ) -> tuple[Batch, list[Job], bool]:
     """Write the batch and all its jobs (each with its quota reservation), or nothing: ``(batch, jobs, created)``."""
+    prepared = preparation.jobs
     record_id = run.record.get("id")
     batch = Batch(
         system_id=principal.system_id,
@@ -234,6 +261,7 @@ async def create_batch(
         else None,
         options=run.options.model_dump(mode="json", exclude_defaults=True),
         total=len(prepared),
+        skipped=preparation.skipped,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
@@ -262,6 +290,11 @@ async def create_batch(
         existing = await repository.by_idempotency_key(session, principal.system_id, idempotency_key)
         if existing is None:
             raise
+        if existing.request_hash != digest:
+            raise Conflict(
+                "This Idempotency-Key was already used with a different request body.",
+                code="idempotency_key_reused",
+            ) from None
         return existing, [], False
     return batch, created, True
 
@@ -288,18 +321,23 @@ async def get_batch(session: AsyncSession, *, principal: Principal, batch_id: st
 
 
 async def list_batches(
-    session: AsyncSession, *, principal: Principal, recipe: str | None, cursor: str | None, limit: int
+    session: AsyncSession,
+    *,
+    principal: Principal,
+    recipe: str | None,
+    record_id: str | None,
+    cursor: str | None,
+    limit: int,
 ) -> tuple[Sequence[Batch], str | None]:
-    rows = await repository.list_for_system(session, principal.system_id, recipe=recipe, cursor=cursor, limit=limit + 1)
+    rows = await repository.list_for_system(
+        session, principal.system_id, recipe=recipe, record_id=record_id, cursor=cursor, limit=limit + 1
+    )
     page = rows[:limit]
     return page, (page[-1].id if len(rows) > limit else None)
 
 
 async def cancel_batch(session: AsyncSession, batch: Batch) -> int:
     """Cancel the batch's queued and running jobs (each refunded); returns how many were cancelled."""
-    cancelled = 0
-    for job in await repository.jobs_of(session, batch.id):
-        if not JobStatus(job.status).terminal and await jobs_repository.cancel(session, job.id):
-            await quotas.refund(session, job.id)
-            cancelled += 1
-    return cancelled
+    ids = await jobs_repository.cancel_batch(session, batch.id)
+    await quotas.refund_all(session, ids)  # after every job row: the lock order of admission and completion
+    return len(ids)

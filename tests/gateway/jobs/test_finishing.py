@@ -99,3 +99,27 @@ async def test_the_logo_is_uploaded_read_back_and_removed(embedded: Stack) -> No
     assert job["status"] == "succeeded"  # it keeps the logo it was accepted with
     assert (refused.status_code, refused.json()["error"]["code"]) == (422, "logo_missing")
     assert (await embedded.client.get("/v1/logo", headers=auth(token))).status_code == 404
+
+
+def test_an_out_of_memory_fallback_keeps_the_aspect_asked_for_without_enlarging() -> None:
+    from gateway.backends.generation import Generated
+    from gateway.jobs.models import Job
+    from gateway.jobs.runner import _target
+
+    job = Job(
+        system_id="sys_x",
+        prompt="p",
+        width=1600,
+        height=900,
+        steps=1,
+        guidance_scale=0,
+        seed=1,
+        n=1,
+        output_format="png",
+    )
+    normal = Generated(images=[], backend="b", request=None, notes=[])  # type: ignore[arg-type]
+    smaller = Generated(images=[], backend="b", request=None, notes=[], fell_back=True)  # type: ignore[arg-type]
+
+    assert _target(job, normal, 1600, 904) == (1600, 900)
+    assert _target(job, smaller, 640, 384) == (640, 360)  # cropped to 16:9, never scaled back up
+    assert _target(job, smaller, 512, 512) == (512, 288)

@@ -367,7 +367,7 @@ async def test_batches_are_listed_newest_first_and_only_the_callers(embedded: St
 
     assert [b["id"] for b in page["items"] + rest["items"]] == ids[::-1]
     assert rest["next_cursor"] is None
-    assert page["items"][0]["jobs"] == [] and page["items"][0]["total"] == 2
+    assert "jobs" not in page["items"][0] and page["items"][0]["total"] == 2
     assert foreign.status_code == 404
 
 
@@ -400,3 +400,87 @@ async def test_running_a_recipe_needs_the_batch_scope(embedded: Stack) -> None:
     response = await run(embedded, oa, "oa.report_illustrations", REPORT)
 
     assert response.status_code == 403
+
+
+async def test_sections_left_out_are_listed_as_skipped(embedded: Stack) -> None:
+    oa = await embedded.system("oa", "generate,batch")
+    record = {**REPORT, "sections": [*REPORT["sections"], {"type": "../x", "title": "t", "content": "c"}]}
+
+    response = await run(embedded, oa, "oa.report_illustrations", record)
+
+    assert response.status_code == 202, response.text
+    assert response.json()["skipped"] == [
+        {"role": "appendix", "template": "oa.appendix", "reason": "no template 'oa.appendix'"},
+        {"role": "../x", "template": None, "reason": "not a template name"},
+    ]
+    listed = (await embedded.client.get("/v1/batches", headers=auth(oa))).json()["items"]
+    assert len(listed[0]["skipped"]) == 2 and "jobs" not in listed[0]
+
+
+async def test_a_report_near_the_record_limit_is_accepted(embedded: Stack) -> None:
+    oa = await embedded.system("oa", "generate,batch")
+    content = "华东区域销售额同比增长,线上渠道订单量翻倍。" * 90  # ~2,000 characters, ~6 KB of UTF-8
+    sections = [{"type": "sales_analysis", "title": f"销售 {i}", "content": content} for i in range(10)]
+
+    response = await run(embedded, oa, "oa.report_illustrations", {"title": "年报", "sections": sections})
+
+    assert response.status_code == 202, response.text
+    assert [j["name"] for j in response.json()["jobs"]] == [f"sales_analysis-{i}" for i in range(1, 11)]
+
+
+async def test_a_batch_bigger_than_the_concurrency_limit_is_a_422_not_an_endless_429(embedded: Stack) -> None:
+    crm = await embedded.system("crm", "generate,batch")
+    admin = await embedded.admin()
+    await embedded.client.patch("/v1/admin/systems/crm/quota", json={"concurrent_jobs": 3}, headers=auth(admin))
+    embedded.res.settings.preview_step_ms = 300
+
+    too_big = await run(embedded, crm, "crm.product_images", PRODUCT)  # 5 jobs
+    await embedded.submit(crm, steps=20)
+    await embedded.submit(crm, steps=20)
+    no_room_now = await run(embedded, crm, "crm.product_images", {"id": "x", "name": "x", "category": "home"})
+
+    assert (too_big.status_code, too_big.json()["error"]["code"]) == (422, "batch_exceeds_concurrent_jobs")
+    assert (no_room_now.status_code, no_room_now.json()["error"]["code"]) == (429, "concurrent_jobs_exceeded")
+    assert "retry-after" in no_room_now.headers
+
+
+async def test_batches_can_be_found_by_record_id(embedded: Stack) -> None:
+    crm = await embedded.system("crm", "generate,batch")
+    for product in ("P-1", "P-2", "P-1"):
+        await run(embedded, crm, "crm.product_images", {"id": product, "name": "n", "category": "home"}, tags=[product])
+
+    found = (await embedded.client.get("/v1/batches", params={"record_id": "P-1"}, headers=auth(crm))).json()
+
+    assert [b["record_id"] for b in found["items"]] == ["P-1", "P-1"]
+
+
+async def test_a_big_logo_upload_still_watermarks_and_is_stored_small(embedded: Stack) -> None:
+    crm = await embedded.system("crm", "generate,batch")
+    noisy = Image.effect_noise((1500, 1500), 80).convert("RGB")
+    jpeg = io.BytesIO()
+    noisy.save(jpeg, format="JPEG", quality=85)
+
+    put = await embedded.client.put(
+        "/v1/logo", content=jpeg.getvalue(), headers={**auth(crm), "Content-Type": "image/jpeg"}
+    )
+    stored = Image.open(io.BytesIO((await embedded.client.get("/v1/logo", headers=auth(crm))).content))
+    job = await embedded.wait(crm, (await embedded.submit(crm, watermark={"logo": True}))["id"])
+
+    assert put.status_code == 204, put.text
+    assert max(stored.size) == 1024
+    assert job["status"] == "succeeded", job["error"]
+
+
+async def test_a_logo_gone_from_the_store_fails_the_job_before_generating(embedded: Stack) -> None:
+    crm = await embedded.system("crm", "generate,batch")
+    logo = io.BytesIO()
+    Image.new("RGBA", (64, 64), (255, 0, 0, 255)).save(logo, format="PNG")
+    await embedded.client.put("/v1/logo", content=logo.getvalue(), headers={**auth(crm), "Content-Type": "image/png"})
+    for path in embedded.res.store.root.rglob("*.png"):
+        path.unlink()  # the store lost the logo
+    accepted = await embedded.submit(crm, watermark={"logo": True})
+
+    job = await embedded.wait(crm, accepted["id"])
+
+    assert job["status"] == "failed" and job["error"]["code"] == "logo_missing", job
+    assert job["backend"] is None  # no GPU time was spent on it

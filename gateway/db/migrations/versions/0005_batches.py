@@ -27,6 +27,7 @@ def upgrade() -> None:
         sa.Column("record_id", sa.String(200), nullable=True),
         sa.Column("options", sa.JSON(), nullable=False),
         sa.Column("total", sa.Integer(), nullable=False),
+        sa.Column("skipped", sa.JSON(), nullable=False),
         sa.Column("idempotency_key", sa.String(255), nullable=True),
         sa.Column("request_hash", sa.String(64), nullable=True),
         sa.Column("created_at", UTCDateTime(), nullable=False),
