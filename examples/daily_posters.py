@@ -11,7 +11,8 @@ Then (see docs/cli-batch.md):
     imagegate batch products.csv --recipe crm.product_images \\
          --options '{"styles": ["main","detail","social"], "watermark": {"logo": true}}'
 
-The records are made up but deterministic (the same day gives the same file, so a re-run resumes).
+The records are made up but deterministic (the same day gives the same file, so a re-run resumes; add
+``--retry-failed`` to make the posters of records that failed again).
 """
 
 from __future__ import annotations

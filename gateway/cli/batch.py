@@ -3,7 +3,13 @@ CSV or JSON Lines file, follows the batches, downloads the images and writes ``s
 
 It needs no database: it talks HTTP to ``--url`` with ``--token``. Re-running the same command resumes: every
 submission carries an ``Idempotency-Key`` derived from the recipe, the record and the options, so the gateway answers
-the batch it already has, and files already on disk with the right sha256 are not downloaded again.
+the batch it already has, and files already on disk with the right sha256 are not downloaded again. With
+``--retry-failed`` the records an earlier run ended ``failed`` or ``partial`` get the next attempt's key (``-r1``,
+``-r2``, ...: ``summary.json`` remembers each record's attempt) and so a new batch.
+
+Unfinished batches are followed together: each poll reads the batch list's summaries (``GET /v1/batches``, a few
+pages at most) and fetches a batch in full (``GET /v1/batches/{id}``, with its jobs and assets) only when it has
+moved: a job newly succeeded, or the batch done. At most ``--max-in-flight`` records are unfinished at once.
 """
 
 from __future__ import annotations
@@ -57,8 +63,18 @@ BUSY_RETRIES = 100
 MAX_RETRY_AFTER = 900.0
 # A batch whose polls keep failing (the gateway is away) is given up after this long; a re-run resumes it.
 POLL_GIVE_UP_SECONDS = 300.0
+# Polling: one look a poll at the batch list (at most this many pages of 100) for every unfinished batch at once,
+# a full GET /v1/batches/{id} only for a batch that moved; batches the pages do not reach: this many a poll.
+LIST_PAGES = 3
+STRAGGLER_LOOKS = 4
+DEFAULT_MAX_IN_FLIGHT = 64
+# --retry-failed: at most this many earlier attempts of one record (replayed, finished unsucceeded) passed over.
+MAX_PASSED_OVER = 20
+# With --retry-failed a record whose earlier summary says this gets the next attempt's key at once.
+RETRIED = frozenset({"failed", "partial"})
 
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_ATTEMPT = re.compile(r"-r[0-9]+$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _ALNUM = re.compile(r"[A-Za-z0-9]")
 
@@ -104,9 +120,55 @@ def loads(text: str) -> Any:
         raise ValueError("nested too deeply") from None
 
 
-def parse_cell(cell: str) -> tuple[bool, Any]:
-    """A CSV cell's value: ``(False, None)`` when empty (the field is left out), JSON for ``[...]``/``{...}`` and
-    JSON numbers, else the text. Raises ValueError for a ``[``/``{`` cell that is not JSON."""
+def _resolved(root: dict[str, Any], node: Any) -> Any:
+    """``node``, or what its local ``$ref`` (``#/...``) points at (the gateway allows no other references)."""
+    for _ in range(20):
+        ref = node.get("$ref") if isinstance(node, dict) else None
+        if not isinstance(ref, str) or not ref.startswith("#"):
+            return node
+        target: Any = root
+        for part in ref[1:].split("/")[1:]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            target = target.get(part) if isinstance(target, dict) else None
+        node = target
+    return None
+
+
+def field_schema(schema: dict[str, Any] | None, path: tuple[str, ...]) -> dict[str, Any] | None:
+    """The schema of the field at ``path`` (a dotted CSV header) in a recipe's record schema: through nested
+    ``properties`` (or a schema-valued ``additionalProperties``); None for a field the schema does not describe."""
+    if not isinstance(schema, dict):
+        return None
+    node: Any = schema
+    for part in path:
+        node = _resolved(schema, node)
+        if not isinstance(node, dict):
+            return None
+        properties = node.get("properties")
+        child = properties.get(part) if isinstance(properties, dict) else None
+        if child is None and isinstance(node.get("additionalProperties"), dict):
+            child = node["additionalProperties"]
+        node = child
+    node = _resolved(schema, node)
+    return node if isinstance(node, dict) else None
+
+
+def number_kind(field: dict[str, Any] | None) -> str | None:
+    """``"number"`` or ``"integer"`` when the field's ``type`` takes a number but not a string (a text cell
+    of it that is a JSON number is sent as a number), else None (the cell stays text)."""
+    given = field.get("type") if field else None
+    types = {given} if isinstance(given, str) else set(given) if isinstance(given, list) else set()
+    if "string" in types:
+        return None
+    if "number" in types:
+        return "number"
+    return "integer" if "integer" in types else None
+
+
+def parse_cell(cell: str, number: str | None = None) -> tuple[bool, Any]:
+    """A CSV cell's value: ``(False, None)`` when empty (the field is left out), JSON for ``[...]``/``{...}``,
+    a number for a JSON number in a field whose schema wants one (``number``: ``"number"``/``"integer"``, from
+    :func:`number_kind`), else the text. Raises ValueError for a ``[``/``{`` cell that is not JSON."""
     if not cell.strip():
         return False, None
     if cell[0] in "[{":
@@ -114,10 +176,13 @@ def parse_cell(cell: str) -> tuple[bool, Any]:
             return True, loads(cell)
         except ValueError as exc:
             raise ValueError(f"invalid JSON ({exc})") from None
-    if _JSON_NUMBER.fullmatch(cell):
-        with contextlib.suppress(ValueError):
-            return True, loads(cell)
-        # 1e999: keep the text rather than an unrepresentable number
+    text = cell.strip()
+    if number is not None and _JSON_NUMBER.fullmatch(text):
+        with contextlib.suppress(ValueError):  # 1e999: keep the text rather than an unrepresentable number
+            value = loads(text)
+            if number == "integer" and isinstance(value, float) and value.is_integer():
+                value = int(value)  # 4.0 or 1e1 for an integer field: 4 and 10 (a recipe's count must be an int)
+            return True, value
     return True, cell
 
 
@@ -149,12 +214,15 @@ def _put(record: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
     node[path[-1]] = value
 
 
-def read_csv(text: str) -> list[Entry]:
-    """Rows of a CSV text; the first non-empty row is the header. Line numbers are the file's (header = 1)."""
+def read_csv(text: str, schema: dict[str, Any] | None = None) -> list[Entry]:
+    """Rows of a CSV text; the first non-empty row is the header. Line numbers are the file's (header = 1).
+    ``schema`` (the recipe's record schema) says which columns are numbers; without it every cell is text (or
+    JSON when it starts with ``[``/``{``)."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     entries: list[Entry] = []
     paths: list[tuple[str, ...]] | None = None
     header: list[str] = []
+    numbers: list[str | None] = []
     while True:
         line = reader.line_num + 1
         try:
@@ -170,15 +238,16 @@ def read_csv(text: str) -> list[Entry]:
             continue
         if paths is None:
             header, paths = row, _header_paths(row)
+            numbers = [number_kind(field_schema(schema, path)) for path in paths]
             continue
         if len(row) > len(paths):
             entries.append(Entry(line, invalid=f"{len(row)} cells, but the header has {len(paths)} columns"))
             continue
         record: dict[str, Any] = {}
         problem = None
-        for name, path, cell in zip(header, paths, row, strict=False):
+        for name, path, number, cell in zip(header, paths, numbers, row, strict=False):
             try:
-                present, value = parse_cell(cell)
+                present, value = parse_cell(cell, number)
             except ValueError as exc:
                 problem = f"column {name.strip()!r}: {exc}"
                 break
@@ -221,13 +290,24 @@ def _decode(data: bytes, what: str) -> str:
         ) from None
 
 
-def read_input(file: str, stdin: TextIO | None = None) -> list[Entry]:
-    """The entries of FILE: ``.csv`` is CSV, ``.jsonl``/``.ndjson`` JSON Lines, ``-`` JSON Lines from stdin."""
+@dataclass(frozen=True)
+class Source:
+    """FILE's text and how to read it: ``csv`` or ``jsonl``."""
+
+    kind: str
+    text: str
+
+    def entries(self, schema: dict[str, Any] | None = None) -> list[Entry]:
+        return read_csv(self.text, schema) if self.kind == "csv" else read_jsonl(self.text)
+
+
+def load_input(file: str, stdin: TextIO | None = None) -> Source:
+    """FILE's text: ``.csv`` is CSV, ``.jsonl``/``.ndjson`` JSON Lines, ``-`` JSON Lines from stdin."""
     if file == "-":
         stream = stdin if stdin is not None else sys.stdin
         buffer = getattr(stream, "buffer", None)
         text = _decode(buffer.read(), "stdin") if buffer is not None else stream.read().removeprefix("\ufeff")
-        return read_jsonl(text)
+        return Source("jsonl", text)
     path = Path(file)
     suffix = path.suffix.lower()
     if suffix not in (".csv", ".jsonl", ".ndjson"):
@@ -236,8 +316,12 @@ def read_input(file: str, stdin: TextIO | None = None) -> list[Entry]:
         data = path.read_bytes()
     except OSError as exc:
         raise UsageProblem(f"cannot read {file}: {exc.strerror or exc}") from None
-    text = _decode(data, file)
-    return read_csv(text) if suffix == ".csv" else read_jsonl(text)
+    return Source("csv" if suffix == ".csv" else "jsonl", _decode(data, file))
+
+
+def read_input(file: str, stdin: TextIO | None = None, schema: dict[str, Any] | None = None) -> list[Entry]:
+    """The entries of FILE (see :func:`load_input`); ``schema`` types CSV cells (see :func:`read_csv`)."""
+    return load_input(file, stdin).entries(schema)
 
 
 def parse_options(raw: str | None) -> dict[str, Any]:
@@ -275,6 +359,55 @@ def idempotency_key(recipe: str, record: dict[str, Any], options: dict[str, Any]
     if options:
         payload["options"] = options
     return "batch-" + hashlib.sha256(canonical_json(payload).encode()).hexdigest()[:32]
+
+
+def attempt_key(key: str, attempt: int) -> str:
+    """The Idempotency-Key of a record's ``attempt``: 0 is the record's own key, a retry N gets ``-r<N>``."""
+    return key if attempt <= 0 else f"{key}-r{attempt}"
+
+
+def base_key(key: str) -> str:
+    """The record's own key of an :func:`attempt_key`."""
+    return _ATTEMPT.sub("", key)
+
+
+@dataclass(frozen=True)
+class Earlier:
+    """What an earlier run into the same ``--out`` knew of a record: its last attempt and how that ended."""
+
+    attempt: int
+    status: str | None
+
+
+def read_earlier(path: Path) -> dict[str, Earlier]:
+    """The records of an earlier ``summary.json``, by their own key (see :func:`base_key`); empty when there is
+    none. A summary that cannot be read is a warning, not an error (then every record starts at attempt 0)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        err.print(f"[yellow]warning:[/yellow] ignoring {path}: {exc.strerror or exc}", highlight=False)
+        return {}
+    try:
+        summary = loads(data.decode("utf-8"))
+        records = summary["records"]
+        if not isinstance(records, list):
+            raise TypeError
+    except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+        err.print(f"[yellow]warning:[/yellow] ignoring {path}: not a summary.json of imagegate batch", highlight=False)
+        return {}
+    earlier: dict[str, Earlier] = {}
+    for record in records:
+        key = record.get("key") if isinstance(record, dict) else None
+        attempt = record.get("attempt", 0) if isinstance(record, dict) else None
+        if not isinstance(key, str) or isinstance(attempt, bool) or not isinstance(attempt, int):
+            continue  # an invalid line, or a summary from before attempts were recorded
+        status = record.get("status") if isinstance(record.get("status"), str) else None
+        own = base_key(key)
+        if own not in earlier or attempt >= earlier[own].attempt:
+            earlier[own] = Earlier(attempt, status)
+    return earlier
 
 
 def sanitise(value: str, limit: int = 80) -> str | None:
@@ -405,13 +538,24 @@ class Item:
 
     entry: Entry
     stem: str = ""
-    key: str = ""
+    own_key: str = ""  # idempotency_key() of the record; "" for an invalid line
+    attempt: int = 0  # 0, or N for the N-th retry (--retry-failed): the key sent is attempt_key(own_key, attempt)
     status: str | None = None
     error: dict[str, Any] | None = None
     batch: dict[str, Any] | None = None
     files: dict[str, list[str]] = field(default_factory=dict)  # job id -> files, once downloaded
     download_errors: dict[str, dict[str, Any]] = field(default_factory=dict)
     counted: tuple[int, int] = (0, 0)  # (jobs, terminal jobs) as last added to the progress bar
+    # While its batch runs (see Run.follow):
+    seen: tuple[int, bool] = (0, False)  # (succeeded jobs, done) of the last full look at the batch
+    looked: float = 0.0  # when that look was (time.monotonic())
+    busy: bool = False  # looking or downloading now
+    wake: asyncio.Event = field(default_factory=asyncio.Event)  # the poller: look at the batch again
+    lost: dict[str, Any] | None = None  # the poller gave the batch up (the gateway stayed away)
+
+    @property
+    def key(self) -> str:
+        return attempt_key(self.own_key, self.attempt) if self.own_key else ""
 
     def jobs(self) -> list[dict[str, Any]]:
         jobs = self.batch.get("jobs") if self.batch else None
@@ -421,6 +565,14 @@ class Item:
 def _job(entry: dict[str, Any]) -> dict[str, Any]:
     job = entry.get("job")
     return job if isinstance(job, dict) else {}
+
+
+def _count(batch: dict[str, Any], statuses: set[str] | tuple[str, ...]) -> int | None:
+    """Jobs of ``batch`` (a full batch or a list's summary) in ``statuses``, from its ``counts``."""
+    counts = batch.get("counts")
+    if not isinstance(counts, dict):
+        return None
+    return sum(n for s, n in counts.items() if s in statuses and isinstance(n, int) and not isinstance(n, bool))
 
 
 class Run:
@@ -434,93 +586,247 @@ class Run:
         concurrency: int,
         poll: float,
         progress: Progress,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
+        retry_failed: bool = False,
     ) -> None:
         self.client = client
         self.recipe = recipe
         self.options = options
         self.out = out
         self.poll = poll
+        self.retry_failed = retry_failed
         self.submitting = asyncio.Semaphore(concurrency)
-        self.reading = asyncio.Semaphore(concurrency)  # polls and downloads
+        self.reading = asyncio.Semaphore(concurrency)  # looks at batches and downloads
+        self.in_flight = asyncio.Semaphore(max_in_flight)  # records submitted and not finished
         self.progress = progress
         self.task: TaskID = progress.add_task("jobs", total=None, ok=0, failed=0, rejected=0)
         self.total = self.terminal = 0
         self.tally: Counter[str] = Counter()
         self.refused: dict[str, Any] | None = None  # a 401/403: the other records are not sent
+        self.following: dict[str, list[Item]] = {}  # unfinished batch id -> the items waiting for it
+        self.remaining = 0
+        self.all_done = asyncio.Event()
+        self.list_failing_since: float | None = None
 
     async def run(self, items: list[Item]) -> None:
+        self.remaining = len(items)
+        if not items:
+            return
         async with asyncio.TaskGroup() as group:
             for item in items:
                 group.create_task(self.process(item))
+            group.create_task(self.watch())
 
     async def process(self, item: Item) -> None:
         assert item.entry.record is not None
         try:
-            async with self.submitting:
-                batch = await self.submit(item)
-            if batch is None:
-                return
-            self.observe(item, batch)
-            await self.download_ready(item)
-            failing_since: float | None = None
-            while not batch.get("done"):
-                await asyncio.sleep(self.poll)
-                try:
-                    async with self.reading:
-                        response = await request(self.client, "GET", f"/v1/batches/{quote(str(batch['id']))}")
-                except GatewayError as exc:
-                    failing_since = failing_since or time.monotonic()
-                    if time.monotonic() - failing_since > POLL_GIVE_UP_SECONDS:
-                        self.finish(item, "error", exc.error)
-                        return
-                    continue
-                if response.status_code != 200:
-                    self.finish(item, "error", error_of(response))
-                    return
-                failing_since = None
-                batch = response.json()
-                self.observe(item, batch)
-                await self.download_ready(item)
-            self.finish(item, *self.outcome(item))
+            async with self.in_flight:
+                await self.follow(item)
         except GatewayError as exc:
             self.finish(item, "error", exc.error)
         except Exception as exc:  # an answer this client did not expect: that record fails, the run goes on
             self.finish(item, "error", {"code": "unexpected", "message": f"{type(exc).__name__}: {exc}"})
+        finally:
+            self.remaining -= 1
+            if self.remaining <= 0:
+                self.all_done.set()
+
+    async def follow(self, item: Item) -> None:
+        """Submit the record, then look at its batch whenever the poller says it has moved, until it is done;
+        each succeeded job's images are downloaded as soon as a look shows it."""
+        async with self.submitting:
+            batch = await self.submit(item)
+        if batch is None:
+            return
+        self.observe(item, batch)
+        await self.download_ready(item)
+        if not batch.get("done"):
+            batch_id = str(batch["id"])
+            self.following.setdefault(batch_id, []).append(item)
+            try:
+                if not await self.wait_until_done(item, batch_id):
+                    return
+            finally:
+                followers = self.following.get(batch_id, [])
+                if item in followers:
+                    followers.remove(item)
+                if not followers:
+                    self.following.pop(batch_id, None)
+        self.finish(item, *self.outcome(item))
+
+    async def wait_until_done(self, item: Item, batch_id: str) -> bool:
+        """False when the record was finished otherwise (an error)."""
+        failing_since: float | None = None
+        while not (item.batch or {}).get("done"):
+            await item.wake.wait()
+            item.wake.clear()
+            if item.lost is not None:
+                self.finish(item, "error", item.lost)
+                return False
+            item.busy, item.looked = True, time.monotonic()
+            try:
+                try:
+                    async with self.reading:
+                        response = await request(self.client, "GET", f"/v1/batches/{quote(batch_id)}")
+                except GatewayError as exc:
+                    failing_since = failing_since or time.monotonic()
+                    if time.monotonic() - failing_since > POLL_GIVE_UP_SECONDS:
+                        self.finish(item, "error", exc.error)
+                        return False
+                    continue  # the poller wakes it again: the list still shows progress it has not seen
+                if response.status_code != 200:
+                    self.finish(item, "error", error_of(response))
+                    return False
+                failing_since = None
+                batch = response.json()
+                if not isinstance(batch, dict):
+                    raise TypeError(f"GET /v1/batches/{batch_id}: not a batch")
+                self.observe(item, batch)
+                await self.download_ready(item)
+            finally:
+                item.busy = False
+        return True
+
+    async def watch(self) -> None:
+        """The poller: every ``poll`` seconds one :meth:`look` for all unfinished batches together."""
+        while not self.all_done.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll):
+                    await self.all_done.wait()
+            if self.all_done.is_set():
+                return
+            if self.following:
+                await self.look()
+
+    async def look(self) -> None:
+        """Wake the items whose batch has moved, read from the batch list's summaries (``GET /v1/batches``, at
+        most ``LIST_PAGES`` pages): a job newly succeeded (its images to download) or the batch done. A batch
+        the pages did not show (older than they reach, or the list cannot be read) is looked at by itself, a
+        few a poll (``STRAGGLER_LOOKS``), the longest unlooked first. Requests per poll: at most
+        ``LIST_PAGES + STRAGGLER_LOOKS`` plus one per batch that moved."""
+        following = {batch_id: list(items) for batch_id, items in self.following.items() if items}
+        if not following:
+            return
+        try:
+            listed = await self.summaries(set(following))
+        except Exception:  # an answer this client did not expect: this poll, every batch is one of the rest
+            listed = {}
+        for batch_id, summary in listed.items():
+            for item in following[batch_id]:
+                self.observe_counts(item, summary)
+                succeeded = _count(summary, ("succeeded",))
+                moved = (succeeded is not None and succeeded > item.seen[0]) or (
+                    summary.get("done") is True and not item.seen[1]
+                )
+                if moved and not item.busy:
+                    item.wake.set()
+        rest = [
+            item
+            for batch_id, items in following.items()
+            if batch_id not in listed
+            for item in items
+            if not item.busy and not item.wake.is_set()
+        ]
+        rest.sort(key=lambda item: item.looked)
+        for item in rest[:STRAGGLER_LOOKS]:
+            item.wake.set()
+
+    async def summaries(self, wanted: set[str]) -> dict[str, dict[str, Any]]:
+        """The list's summaries of the ``wanted`` batches it shows: newest first, page by page until every one
+        is found or the pages are older than the oldest of them (ids sort by creation time)."""
+        found: dict[str, dict[str, Any]] = {}
+        oldest = min(wanted)
+        cursor: str | None = None
+        for _ in range(LIST_PAGES):
+            params = {"limit": "100", "recipe": self.recipe} | ({"cursor": cursor} if cursor else {})
+            try:
+                response = await request(self.client, "GET", "/v1/batches", params=params, transient_retries=2)
+            except GatewayError as exc:
+                self.list_failed(exc)
+                return found
+            self.list_failing_since = None
+            page: Any = None
+            if response.status_code == 200:
+                with contextlib.suppress(ValueError):
+                    page = response.json()
+            rows = page.get("items") if isinstance(page, dict) else None
+            if not isinstance(page, dict) or not isinstance(rows, list):
+                return found  # a gateway without the list: every batch is looked at by itself, in turn
+            ids = [str(row["id"]) for row in rows if isinstance(row, dict) and isinstance(row.get("id"), str)]
+            for row in rows:
+                if isinstance(row, dict) and row.get("id") in wanted:
+                    found[str(row["id"])] = row
+            cursor = page.get("next_cursor") if isinstance(page.get("next_cursor"), str) else None
+            if not cursor or not ids or len(found) == len(wanted) or min(ids) <= oldest:
+                break
+        return found
+
+    def list_failed(self, exc: GatewayError) -> None:
+        """The list had no usable answer; after POLL_GIVE_UP_SECONDS of that every unfinished record is an
+        error (a re-run resumes them)."""
+        now = time.monotonic()
+        self.list_failing_since = self.list_failing_since or now
+        if now - self.list_failing_since <= POLL_GIVE_UP_SECONDS:
+            return
+        for items in self.following.values():
+            for item in items:
+                item.lost = exc.error
+                item.wake.set()
 
     async def submit(self, item: Item) -> dict[str, Any] | None:
+        """POST the record; with ``--retry-failed`` a replayed batch that ended without every job succeeding
+        (an attempt an earlier run made) is passed over for the next attempt's key."""
         if self.refused is not None:
             self.finish(item, "rejected", self.refused)
             return None
         body = {"record": item.entry.record, "options": self.options}
-        response = await request(
-            self.client,
-            "POST",
-            f"/v1/recipes/{quote(self.recipe, safe='')}",
-            json=body,
-            headers={"Idempotency-Key": item.key},
-        )
-        if response.status_code >= 400:
-            error = error_of(response)
-            if response.status_code in (401, 403):
-                self.refused = self.refused or error
-            self.finish(item, "rejected", error)
-            return None
-        try:
-            batch = response.json()
-        except ValueError:
-            batch = None
-        if not isinstance(batch, dict) or not isinstance(batch.get("id"), str):
-            self.finish(item, "error", {"code": "bad_response", "message": f"HTTP {response.status_code}: no batch"})
-            return None
+        for _ in range(MAX_PASSED_OVER + 1):
+            response = await request(
+                self.client,
+                "POST",
+                f"/v1/recipes/{quote(self.recipe, safe='')}",
+                json=body,
+                headers={"Idempotency-Key": item.key},
+            )
+            if response.status_code >= 400:
+                error = error_of(response)
+                if response.status_code in (401, 403):
+                    self.refused = self.refused or error
+                self.finish(item, "rejected", error)
+                return None
+            try:
+                batch = response.json()
+            except ValueError:
+                batch = None
+            if not isinstance(batch, dict) or not isinstance(batch.get("id"), str):
+                message = f"HTTP {response.status_code}: no batch"
+                self.finish(item, "error", {"code": "bad_response", "message": message})
+                return None
+            replayed = response.headers.get("Idempotent-Replayed", "").lower() == "true"
+            if not (
+                self.retry_failed and replayed and batch.get("done") is True and batch.get("status") != "succeeded"
+            ):
+                break
+            item.attempt += 1
         return batch
 
     def observe(self, item: Item, batch: dict[str, Any]) -> None:
-        """Take the batch's latest state; move the bar by the change in its jobs."""
+        """Take the batch's latest state (a full one, with its jobs); move the bar by the change in its jobs."""
         item.batch = batch
         jobs = item.jobs()
-        given = batch.get("total")
-        total = given if isinstance(given, int) else len(jobs)
-        terminal = sum(1 for j in jobs if _job(j).get("status") in TERMINAL_JOB)
+        succeeded = _count(batch, ("succeeded",))
+        if succeeded is None:
+            succeeded = sum(1 for j in jobs if _job(j).get("status") == "succeeded")
+        item.seen = (succeeded, batch.get("done") is True)
+        self.observe_counts(item, batch)
+
+    def observe_counts(self, item: Item, batch: dict[str, Any]) -> None:
+        """Move the bar by the change in the batch's job counts (a full batch or a list's summary)."""
+        given, terminal = batch.get("total"), _count(batch, TERMINAL_JOB)
+        if terminal is None:
+            terminal = sum(1 for j in item.jobs() if _job(j).get("status") in TERMINAL_JOB)
+        total = given if isinstance(given, int) and not isinstance(given, bool) else len(item.jobs())
+        terminal = max(terminal, item.counted[1])  # a summary a moment older than the last look: not backwards
         self.total += total - item.counted[0]
         self.terminal += terminal - item.counted[1]
         item.counted = (total, terminal)
@@ -592,6 +898,8 @@ class Run:
         return "succeeded", None
 
     def finish(self, item: Item, status: str, error: dict[str, Any] | None) -> None:
+        if item.status is not None:
+            return
         item.status, item.error = status, error
         self.tally[status] += 1
         self.progress.update(
@@ -629,14 +937,19 @@ def _write_atomically(path: Path, data: bytes) -> None:
 # Before and after
 
 
-async def preflight(client: httpx.AsyncClient, recipe: str) -> None:
-    """Fail fast on a wrong URL or token, an unknown recipe or a gateway without recipes, before any record is sent."""
+async def preflight(client: httpx.AsyncClient, recipe: str) -> dict[str, Any]:
+    """Fail fast on a wrong URL or token, an unknown recipe or a gateway without recipes, before any record is sent.
+    Answers the recipe (``{name, description, record, schema, roles, styles}``)."""
     try:
         response = await request(client, "GET", f"/v1/recipes/{quote(recipe, safe='')}", transient_retries=2)
     except GatewayError as exc:
         raise UsageProblem(f"cannot reach the gateway at {client.base_url}: {exc.error['message']}") from None
     if response.status_code == 200:
-        return
+        with contextlib.suppress(ValueError):
+            described = response.json()
+            if isinstance(described, dict):
+                return described
+        return {}
     error = error_of(response)
     if response.status_code == 401:
         raise UsageProblem(
@@ -687,6 +1000,8 @@ def record_summary(item: Item) -> dict[str, Any]:
         "record_id": record_id if record_id is not None else batch.get("record_id"),
         "status": item.status,
         "batch": batch.get("id"),
+        "key": item.key or None,
+        "attempt": item.attempt if item.own_key else None,
         "error": error,
         "jobs": jobs,
     }
@@ -701,6 +1016,17 @@ def write_summary(path: Path, summary: dict[str, Any]) -> None:
     _write_atomically(path, (json.dumps(summary, ensure_ascii=False, indent=2) + "\n").encode())
 
 
+def _client(url: str, token: str, concurrency: int) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}", "User-Agent": "imagegate-batch"}
+    limits = httpx.Limits(max_connections=2 * concurrency + 2, max_keepalive_connections=2 * concurrency + 2)
+    return httpx.AsyncClient(base_url=url, headers=headers, timeout=httpx.Timeout(60.0, connect=10.0), limits=limits)
+
+
+async def _describe(url: str, token: str, recipe: str) -> dict[str, Any]:
+    async with _client(url, token, 1) as client:
+        return await preflight(client, recipe)
+
+
 async def _execute(
     items: list[Item],
     *,
@@ -710,19 +1036,24 @@ async def _execute(
     options: dict[str, Any],
     out: Path,
     concurrency: int,
+    max_in_flight: int,
+    retry_failed: bool,
     poll: float,
     seconds: float,
     progress: Progress,
 ) -> str:
     """Run every item; answers how the run ended: ``done``, ``timeout`` or ``interrupted``."""
-    headers = {"Authorization": f"Bearer {token}", "User-Agent": "imagegate-batch"}
-    limits = httpx.Limits(max_connections=2 * concurrency + 2, max_keepalive_connections=2 * concurrency + 2)
-    async with httpx.AsyncClient(
-        base_url=url, headers=headers, timeout=httpx.Timeout(60.0, connect=10.0), limits=limits
-    ) as client:
-        await preflight(client, recipe)
+    async with _client(url, token, concurrency) as client:
         run = Run(
-            client, recipe=recipe, options=options, out=out, concurrency=concurrency, poll=poll, progress=progress
+            client,
+            recipe=recipe,
+            options=options,
+            out=out,
+            concurrency=concurrency,
+            poll=poll,
+            progress=progress,
+            max_in_flight=max_in_flight,
+            retry_failed=retry_failed,
         )
         _cancel_on_sigterm()
         try:
@@ -745,6 +1076,32 @@ def _cancel_on_sigterm() -> None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
+def make_items(
+    entries: list[Entry],
+    *,
+    recipe: str,
+    options: dict[str, Any],
+    earlier: dict[str, Earlier],
+    retry_failed: bool,
+) -> list[Item]:
+    """The run's items: each record's key and attempt, carried on from an earlier summary (the attempt that
+    summary last sent, so that a retried record keeps replaying its latest batch); with ``retry_failed`` a record
+    it says ended ``failed`` or ``partial`` gets the next attempt."""
+    stems = stems_of(entries)
+    items: list[Item] = []
+    for entry in entries:
+        item = Item(entry=entry, stem=stems.get(entry.line, f"line{entry.line}"))
+        if entry.record is None:
+            item.status = "invalid"
+        else:
+            item.own_key = idempotency_key(recipe, entry.record, options)
+            before = earlier.get(item.own_key)
+            if before is not None:
+                item.attempt = before.attempt + (1 if retry_failed and before.status in RETRIED else 0)
+        items.append(item)
+    return items
+
+
 def batch(
     file: Annotated[
         str, typer.Argument(help="A .csv or .jsonl/.ndjson file of records, or - for JSON Lines on stdin.")
@@ -760,20 +1117,31 @@ def batch(
         typer.Option(help='Recipe options, a JSON object or @file.json, e.g. \'{"output_format": "jpeg"}\'.'),
     ] = None,
     concurrency: Annotated[int, typer.Option(min=1, max=64, help="Submissions (and downloads) at once.")] = 4,
+    max_in_flight: Annotated[
+        int, typer.Option(min=1, help="Records submitted and not finished at most; the next one waits.")
+    ] = DEFAULT_MAX_IN_FLIGHT,
+    retry_failed: Annotated[
+        bool,
+        typer.Option(
+            "--retry-failed", help="Make the records an earlier run into --out ended failed or partial again."
+        ),
+    ] = False,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds for the whole run.")] = 3 * 3600.0,
-    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between looks at an unfinished batch.")] = 1.0,
+    poll: Annotated[float, typer.Option(min=0.05, help="Seconds between looks at the unfinished batches.")] = 1.0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Run a recipe for every record of FILE against a running gateway and download the images.
 
     Each CSV row or JSON Lines line is one record, sent as POST /v1/recipes/RECIPE with an Idempotency-Key made from
     the recipe, the record and the options: running the same command again resumes the same batches instead of
-    making new ones, and images already in OUT (same sha256) are not downloaded again.
+    making new ones, and images already in OUT (same sha256) are not downloaded again. --retry-failed makes the
+    records that ended failed or partial again (a new key: -r1, -r2, ...).
 
     CSV: the header names the fields (UTF-8, a BOM is fine); a dotted name nests (style_guide.rules.color_palette);
     a cell starting with [ or { is JSON (features = ["防水","轻便"]); a cell that is a JSON number (4, 2.5) is a
-    number; an empty cell leaves its field out; everything else is text. A line that is not a record (bad JSON,
-    not an object, too many cells) is reported as invalid with its line number; the run goes on.
+    number where the recipe's schema makes that field a number and not text (count); an empty cell leaves its
+    field out; everything else is text. A line that is not a record (bad JSON, not an object, too many cells) is
+    reported as invalid with its line number; the run goes on.
 
     Images: OUT/<record id or line N>_<job name>[_<n>].<format>. Summary: OUT/summary.json (also after Ctrl-C or
     --timeout). Exit code 0 when every record succeeded, 1 when any did not, 2 for a usage error (nothing sent).
@@ -782,21 +1150,32 @@ def batch(
         if not token:
             raise UsageProblem("give --token or set IMAGEGATE_TOKEN (an API key with the batch scope)")
         option_values = parse_options(options)
-        entries = read_input(file)
+        source = load_input(file)
+        entries = source.entries()  # the file's problems first, before any request
     except UsageProblem as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     url = url.rstrip("/")
-    stems = stems_of(entries)
-    items = [
-        Item(
-            entry=entry,
-            stem=stems.get(entry.line, f"line{entry.line}"),
-            key=idempotency_key(recipe, entry.record, option_values) if entry.record is not None else "",
-            status="invalid" if entry.record is None else None,
-        )
-        for entry in entries
-    ]
+    if any(entry.record is not None for entry in entries):
+        try:
+            described = asyncio.run(_describe(url, token, recipe))
+        except UsageProblem as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None  # nothing sent yet: an earlier summary stays as it is
+        schema = described.get("schema")
+        if source.kind == "csv":  # the recipe's schema says which cells are numbers
+            entries = source.entries(schema if isinstance(schema, dict) else None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot create {out}: {exc.strerror or exc}", highlight=False)
+        raise typer.Exit(2) from None
+    summary_path = out / "summary.json"
+    items = make_items(
+        entries, recipe=recipe, options=option_values, earlier=read_earlier(summary_path), retry_failed=retry_failed
+    )
     started_at = _now()
     submittable = [item for item in items if item.status is None]
     ended = "done"
@@ -816,11 +1195,6 @@ def batch(
         disable=quiet,
         transient=False,
     )
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        err.print(f"[red]error:[/red] cannot create {out}: {exc.strerror or exc}", highlight=False)
-        raise typer.Exit(2) from None
     if submittable:
         try:
             with progress:
@@ -833,14 +1207,13 @@ def batch(
                         options=option_values,
                         out=out,
                         concurrency=concurrency,
+                        max_in_flight=max_in_flight,
+                        retry_failed=retry_failed,
                         poll=poll,
                         seconds=timeout,
                         progress=progress,
                     )
                 )
-        except UsageProblem as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(2) from None
         except KeyboardInterrupt:
             ended = "interrupted"
     unfinished = "timeout" if ended == "timeout" else "interrupted"
@@ -858,7 +1231,6 @@ def batch(
         "records": records,
         "counts": counts,
     }
-    summary_path = out / "summary.json"
     write_summary(summary_path, summary)
     _print_counts(counts, summary_path, ended)
     if ended == "interrupted":
@@ -881,3 +1253,5 @@ def _print_counts(counts: dict[str, int], summary_path: Path, ended: str) -> Non
     console.print(f"summary: {summary_path}", highlight=False, soft_wrap=True)
     if ended != "done" or counts["error"] or counts["timeout"]:
         console.print("Run the same command again to resume (no record is submitted twice).", highlight=False)
+    if counts["failed"] or counts["partial"]:
+        console.print("Add --retry-failed to make the failed and partial records again.", highlight=False)
