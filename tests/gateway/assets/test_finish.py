@@ -340,8 +340,9 @@ def test_load_logo_refuses_5000x5000_px_before_decoding() -> None:
         load_logo(data)
 
 
-def test_load_logo_accepts_4096_px() -> None:
-    assert _open(load_logo(_encode(Image.new("L", (4096, 16))))).size == (4096, 16)
+def test_load_logo_accepts_4096_px_and_stores_it_at_most_1024_px_keeping_its_aspect() -> None:
+    assert _open(load_logo(_encode(Image.new("L", (4096, 16))))).size == (1024, 4)
+    assert _open(load_logo(_encode(Image.new("L", (300, 200))))).size == (300, 200)  # smaller logos stay as they are
 
 
 # --- the model --------------------------------------------------------------------------------------------------
