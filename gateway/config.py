@@ -92,6 +92,43 @@ class Settings(BaseSettings):
     )
     content_semantic_threshold: float = Field(default=0.6, gt=0, le=1)
 
+    delivery_relay: bool = Field(default=True, description="Run a delivery relay in this process (API and worker).")
+    delivery_retry_schedule: str = Field(
+        default="5,300,1800,7200,18000,36000,50400,72000,86400",
+        description=(
+            "Seconds to wait before each retry of a delivery (comma-separated; jittered, and never sooner than a"
+            " receiver's Retry-After): one attempt more than its length, then the delivery is dead."
+        ),
+    )
+    delivery_lease_seconds: float = Field(
+        default=300, gt=0, description="How long a relay holds a delivery (renewed while an attempt runs)."
+    )
+    delivery_attempt_timeout_seconds: float = Field(default=120, gt=0, description="Longest single attempt.")
+    delivery_poll_seconds: float = Field(default=1.0, gt=0, description="How often an idle relay looks for work.")
+    delivery_concurrency: int = Field(default=8, ge=1, le=256, description="Deliveries one relay runs at once.")
+    delivery_circuit_failures: int = Field(
+        default=5, ge=1, description="Failures in a row that open a connector's circuit (no attempts meanwhile)."
+    )
+    delivery_circuit_seconds: float = Field(default=60, gt=0, description="How long an open circuit stays open.")
+    delivery_link_ttl_seconds: int = Field(
+        default=7 * 24 * 3600, ge=60, description="Lifetime of the signed download links sent to link-taking targets."
+    )
+
+    @property
+    def retry_schedule(self) -> list[float]:
+        return [float(part) for part in self.delivery_retry_schedule.split(",") if part.strip()]
+
+    @field_validator("delivery_retry_schedule")
+    @classmethod
+    def _schedule_parses(cls, value: str) -> str:
+        try:
+            parts = [float(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise ValueError("a comma-separated list of seconds, e.g. 5,300,1800") from None
+        if any(not (0 <= part <= 30 * 86400) for part in parts):  # also refuses nan and inf
+            raise ValueError("each wait is 0 to 2592000 seconds (30 days)")
+        return value
+
     @field_validator("redis_url", "public_url", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:

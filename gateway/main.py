@@ -20,6 +20,8 @@ from gateway.auth.endpoints import router as oauth_router
 from gateway.backends.endpoints import router as backends_router
 from gateway.config import PLACEHOLDER_SECRET, Settings, get_settings
 from gateway.db.migrate import is_current, prepare_embedded
+from gateway.delivery.endpoints import files_router
+from gateway.delivery.endpoints import router as delivery_router
 from gateway.deps import strict_query
 from gateway.errors import error_responses
 from gateway.health.endpoints import router as health_router
@@ -28,7 +30,7 @@ from gateway.observability.logging import configure_logging
 from gateway.observability.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from gateway.quotas.endpoints import router as usage_router
 from gateway.recipes.endpoints import router as recipes_router
-from gateway.resources import close_resources, open_resources
+from gateway.resources import close_resources, open_resources, start_relay
 from gateway.systems.endpoints import router as systems_router
 from gateway.templates.endpoints import router as templates_router
 from gateway.templates.service import load_shipped
@@ -56,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await load_shipped(res.sessionmaker, res.read_sessionmaker)
         if res.runner is not None:
             res.runner.start()
+        start_relay(res)
         log.info("gateway.started", queue="distributed" if settings.distributed else "embedded")
         if settings.secret_key == PLACEHOLDER_SECRET and settings.env != "test":
             log.warning(
@@ -92,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Public routes live on their own router; everything under /v1 requires a valid token (fail closed).
     app.include_router(health_router)
     app.include_router(oauth_router)
+    app.include_router(files_router)
     v1 = APIRouter(
         prefix="/v1",
         dependencies=[Depends(authenticated), Depends(strict_query)],
@@ -103,6 +107,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(templates_router)
     v1.include_router(recipes_router)
     v1.include_router(logo_router)
+    v1.include_router(delivery_router)
     v1.include_router(systems_router)
     v1.include_router(backends_router)
     v1.include_router(audit_router)

@@ -7,7 +7,7 @@ import os
 import secrets
 import socket
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from arq import ArqRedis
 from arq.connections import RedisSettings
@@ -22,6 +22,7 @@ from gateway.backends.ledger import Ledger, MemoryLedger, RedisLedger
 from gateway.backends.pool import BackendPool
 from gateway.backends.preview import preview_spec
 from gateway.backends.scheduler import Scheduler
+from gateway.common.crypto import SecretBox
 from gateway.common.outbound import OutboundClient
 from gateway.config import Settings
 from gateway.db.engine import create_engine, create_sessionmaker
@@ -29,6 +30,9 @@ from gateway.jobs.embedded import EmbeddedRunner
 from gateway.jobs.queue import ArqQueue, EmbeddedQueue, JobQueue
 from gateway.quotas.ratelimit import RateLimiter
 from policies.semantic import SemanticCheck
+
+if TYPE_CHECKING:
+    from gateway.delivery.relay import Relay
 
 
 @dataclass
@@ -44,11 +48,13 @@ class Resources:
     access_tokens: AccessTokens
     rate_limiter: RateLimiter
     outbound: OutboundClient  # the one way to fetch a URL a caller gave (SSRF guard)
+    secret_box: SecretBox  # secrets at rest (connector settings, callback secrets)
     semantic: SemanticCheck | None = None  # the content filter's second stage, when enabled
     queue: JobQueue = field(init=False)
     ledger: Ledger = field(init=False)
     scheduler: Scheduler = field(init=False)
     runner: EmbeddedRunner | None = None
+    relay: Relay | None = None  # delivers the outbox (every API and worker process runs one)
     redis: ArqRedis | None = None
     stopping: bool = False  # set on a graceful shutdown: interrupted runs go back to the queue uncounted
 
@@ -80,6 +86,7 @@ async def open_resources(settings: Settings, *, role: Literal["api", "worker"]) 
         ),
         rate_limiter=RateLimiter.for_settings(settings),
         outbound=OutboundClient.from_settings(settings),
+        secret_box=SecretBox(settings.secret_key),
     )
     res.audit.start()
     if settings.content_semantic and role == "api":
@@ -119,7 +126,17 @@ def _builtin_backends(settings: Settings) -> list[BackendSpec]:
     return [spec]
 
 
+def start_relay(res: Resources) -> None:
+    from gateway.delivery.relay import Relay
+
+    if res.settings.delivery_relay and res.relay is None:
+        res.relay = Relay(res)
+        res.relay.start()
+
+
 async def close_resources(res: Resources) -> None:
+    if res.relay is not None:
+        await res.relay.stop()
     if res.runner is not None:
         await res.runner.stop()
     await res.audit.aclose()

@@ -16,6 +16,7 @@ from gateway.audit import service as audit
 from gateway.audit.service import Actor
 from gateway.cli.backends import app as backends_app
 from gateway.cli.batch import batch
+from gateway.cli.connectors import app as connectors_app
 from gateway.cli.emulate import emulate
 from gateway.config import Settings, get_settings
 from gateway.db.engine import create_engine, create_sessionmaker, transaction
@@ -31,6 +32,7 @@ tokens_app = typer.Typer(help="API keys of systems.", no_args_is_help=True)
 app.add_typer(systems_app, name="systems")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(backends_app, name="backends")
+app.add_typer(connectors_app, name="connectors")
 
 err = Console(stderr=True)
 T = TypeVar("T")

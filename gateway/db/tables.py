@@ -3,6 +3,7 @@
 from gateway.assets.models import Asset
 from gateway.audit.models import AuditEvent
 from gateway.backends.models import Backend, BackendSpeed
+from gateway.delivery.models import ConnectorInstance, DeliveryAttempt, DeliveryRow
 from gateway.jobs.models import Job
 from gateway.moderation.models import ContentPolicy
 from gateway.quotas.models import JobCharge, Quota, UsageDay
@@ -16,7 +17,10 @@ __all__ = [
     "Backend",
     "BackendSpeed",
     "Batch",
+    "ConnectorInstance",
     "ContentPolicy",
+    "DeliveryAttempt",
+    "DeliveryRow",
     "Job",
     "JobCharge",
     "OAuthClient",

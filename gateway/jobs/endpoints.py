@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from gateway.audit.service import Actor
 from gateway.auth.dependencies import Authenticator
+from gateway.delivery import service as delivery
 from gateway.deps import BaseUrlDep, ReadSessionDep, ResourcesDep, SessionDep
 from gateway.errors import error_responses
 from gateway.jobs import service
@@ -79,6 +80,9 @@ async def submit_job(
                 negative_prompt=body.negative_prompt,
                 semantic=res.semantic,
             )
+            deliver = await delivery.checked_destinations(
+                read, principal, res.outbound.policy, body.deliver, body.callback_url
+            )
         fetched = await service.fetch_inputs(body, res.outbound.get_bytes)
         job, created = await service.create_job(
             session,
@@ -91,6 +95,7 @@ async def submit_job(
             fetch=fetched.lookup,
             digest=digest,
             template=template,
+            deliver=deliver,
         )
     except ContentFiltered as exc:
         res.audit.refused(actor, "content.refused", target="route:POST /v1/jobs", reason=exc.category)

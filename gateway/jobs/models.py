@@ -82,6 +82,8 @@ class Job(SQLModel, table=True):
     batch_role: str | None = Field(default=None, max_length=100)
     batch_index: int | None = Field(default=None)  # its position in the batch, from 0
     batch_name: str | None = Field(default=None, max_length=120)  # unique within its batch: main, detail-2
+    deliver: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON, nullable=True))  # targets
+    callback_url: str | None = Field(default=None, sa_column=Column(Text, nullable=True))
 
     idempotency_key: str | None = Field(default=None, max_length=255)
     request_hash: str | None = Field(default=None, max_length=64)

@@ -27,6 +27,7 @@ from gateway.backends.base import BackendError, GenerationRequest
 from gateway.backends.describe import Caption, describe_images
 from gateway.backends.generation import Generated
 from gateway.db.engine import committed
+from gateway.delivery import service as delivery
 from gateway.jobs import repository
 from gateway.jobs.models import Job, JobStatus
 from gateway.jobs.schemas import public_watermark as _public
@@ -171,12 +172,18 @@ async def _run_claimed(res: Resources, job: Job, lease: str) -> str:
         if not await repository.finish(session, job.id, lease, status=JobStatus.succeeded, notes=notes):
             return False
         session.add_all(assets)
-        # In the same transaction as the result: a job is charged exactly when it has succeeded.
+        # In the same transaction as the result: a job is charged exactly when it has succeeded, and its
+        # deliveries exist exactly when it has (the outbox: a crash cannot lose them or make them twice).
         await quotas.settle(session, job.id, images=len(assets), gpu_seconds=generated.gpu_seconds)
+        if job.deliver or job.callback_url:
+            await session.flush()  # the asset rows first: deliveries reference the job's results
+            await delivery.enqueue_for_job(session, job)
         return True
 
     if not await committed(res.sessionmaker, succeed):
         raise _LeaseLost
+    if res.relay is not None and (job.deliver or job.callback_url):
+        res.relay.wake()
     return JobStatus.succeeded.value
 
 

@@ -65,6 +65,26 @@ InputImage = Annotated[
 ]
 
 
+class DeliverTarget(BaseModel):
+    """Where to push the images on success: one of your connectors, plus the fields its kind needs per delivery
+    (e.g. `{"connector": "crm-prod", "record_id": "01t5g00000AbCdE"}`; `GET /v1/connector-kinds` lists them)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    connector: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+
+
+CallbackUrl = Annotated[
+    str,
+    Field(
+        min_length=8,
+        max_length=2000,
+        pattern=r"^https?://",
+        description="Signed webhook (Standard Webhooks, your callback secret) when it completes",
+    ),
+]
+
+
 class JobCreate(JobParameters):
     """Body of ``POST /v1/jobs``. With `init_image` it is an image-to-image job."""
 
@@ -81,6 +101,10 @@ class JobCreate(JobParameters):
     tags: Annotated[list[Tag], Field(max_length=20)] | None = Field(
         default=None, description="Labels given to the job's assets (a template adds its own)"
     )
+    deliver: Annotated[list[DeliverTarget], Field(max_length=10)] | None = Field(
+        default=None, description="Targets the images are delivered to on success (reliably, with retries)"
+    )
+    callback_url: CallbackUrl | None = None
     init_image: InputImage | None = None
     mask: InputImage | None = Field(default=None, description="White areas are repainted (needs `init_image`)")
     denoising_strength: Annotated[float, Field(ge=0, le=1)] | None = Field(
@@ -153,6 +177,10 @@ class JobRead(BaseModel):
     tags: list[str]
     watermark: Watermark | None
     batch: BatchPlace | None = Field(default=None, description="Set when a recipe made the job")
+    deliver: list[dict[str, object]] = Field(
+        description="Its delivery targets (`GET /v1/deliveries?job=` for their state)"
+    )
+    callback_url: str | None
     assets: list[AssetRead]
 
     @classmethod
@@ -189,6 +217,8 @@ class JobRead(BaseModel):
             if job.template_version_id and job.template_name and job.template_version
             else None,
             tags=list(job.tags or []),
+            deliver=list(job.deliver or []),
+            callback_url=job.callback_url,
             watermark=Watermark.model_validate(public_watermark(job.watermark)) if job.watermark else None,
             batch=BatchPlace(
                 id=job.batch_id, role=job.batch_role or "", name=job.batch_name or "", position=job.batch_index or 0

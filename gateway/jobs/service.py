@@ -51,6 +51,7 @@ async def create_job(
     template: TemplateVersion | None = None,
     tags: list[str] | None = None,
     batch: BatchSlot | None = None,
+    deliver: list[dict[str, Any]] | None = None,
 ) -> tuple[Job, bool]:
     """Persist a queued job with its quota reservation; returns ``(job, created)``.
 
@@ -102,6 +103,8 @@ async def create_job(
         batch_role=batch.role if batch else None,
         batch_index=batch.position if batch else None,
         batch_name=batch.name if batch else None,
+        deliver=deliver or None,
+        callback_url=body.callback_url,
         idempotency_key=idempotency_key,
         request_hash=digest,
         created_at=now,

@@ -14,7 +14,7 @@ from gateway.config import Settings
 from gateway.jobs.queue import RUN_JOB
 from gateway.jobs.reconcile import reconcile
 from gateway.jobs.runner import run_job
-from gateway.resources import close_resources, open_resources, redis_settings
+from gateway.resources import close_resources, open_resources, redis_settings, start_relay
 
 log = structlog.get_logger("gateway.worker")
 
@@ -48,6 +48,7 @@ class _Worker(Worker):
 def build_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Worker:
     async def on_startup(ctx: dict[str, Any]) -> None:
         ctx["res"] = await open_resources(settings, role="worker")
+        start_relay(ctx["res"])
         ctx["reconciler"] = asyncio.create_task(_reconcile_forever(ctx))
         log.info("worker.started", worker_id=ctx["res"].worker_id, queue=settings.queue_name)
 

@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from gateway.assets.models import Asset
 from gateway.audit.service import Actor
 from gateway.auth.dependencies import Authenticator
+from gateway.delivery import service as delivery
 from gateway.deps import BaseUrlDep, ReadSessionDep, ResourcesDep, SessionDep
 from gateway.errors import error_responses
 from gateway.jobs import service as jobs_service
@@ -100,6 +101,9 @@ async def run_recipe(
                 seconds_per_megapixel_step=res.settings.quota_seconds_per_megapixel_step,
                 semantic=res.semantic,
             )
+            preparation.deliver = await delivery.checked_destinations(
+                read, principal, res.outbound.policy, body.options.deliver, body.callback_url, prefix="options."
+            )
         batch, created_jobs, created = await service.create_batch(
             session,
             principal=principal,
@@ -183,6 +187,7 @@ def _summary(batch: Batch, progress: Progress) -> BatchSummary:
         counts={s: progress.counts.get(s, 0) for s in _STATUSES},
         created_at=batch.created_at,
         finished_at=progress.finished_at if done else None,
+        callback_url=batch.callback_url,
         skipped=[Skipped.model_validate(s) for s in batch.skipped or []],
     )
 

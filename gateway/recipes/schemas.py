@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from gateway.assets.finish import Watermark
 from gateway.common.text import Record
 from gateway.jobs.models import JobStatus
-from gateway.jobs.schemas import JobParameters, JobRead, OutputFormat, Tag
+from gateway.jobs.schemas import CallbackUrl, DeliverTarget, JobParameters, JobRead, OutputFormat, Tag
 from gateway.recipes.document import RecipeDocument
 
 RoleName = Annotated[str, Field(min_length=1, max_length=100)]
@@ -37,6 +37,9 @@ class RecipeOptions(BaseModel):
         default_factory=dict, description='Per-role parameters, by role name: `{"main": {"steps": 20}}`'
     )
     tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list, description="Added to every asset")
+    deliver: Annotated[list[DeliverTarget], Field(max_length=10)] = Field(
+        default_factory=list, description="Targets every job's images are delivered to (one delivery per job)"
+    )
 
 
 class RecipeRun(BaseModel):
@@ -46,6 +49,9 @@ class RecipeRun(BaseModel):
 
     record: Record = Field(description="The business record (<= 64 KB), checked against the recipe's schema")
     options: RecipeOptions = Field(default_factory=RecipeOptions)
+    callback_url: CallbackUrl | None = Field(
+        default=None, description="Signed webhook when the whole batch has finished (`batch.completed`)"
+    )
 
 
 class RoleRead(BaseModel):
@@ -109,6 +115,7 @@ class BatchSummary(BaseModel):
     counts: dict[JobStatus, int] = Field(description="Jobs per status")
     created_at: datetime
     finished_at: datetime | None
+    callback_url: str | None
     skipped: list[Skipped] = Field(
         description="Items of the record left out for want of a template (e.g. report sections of another type)"
     )

@@ -11,7 +11,7 @@ import hashlib
 import json
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -45,6 +45,7 @@ from policies.semantic import SemanticCheck
 class Preparation:
     jobs: list[Prepared]
     skipped: list[dict[str, Any]]
+    deliver: list[dict[str, Any]] = field(default_factory=list)  # checked targets of every job
 
 
 @dataclass
@@ -262,6 +263,7 @@ async def create_batch(
         options=run.options.model_dump(mode="json", exclude_defaults=True),
         total=len(prepared),
         skipped=preparation.skipped,
+        callback_url=run.callback_url,
         idempotency_key=idempotency_key,
         request_hash=digest,
     )
@@ -282,6 +284,7 @@ async def create_batch(
                     template=item.template,
                     tags=item.tags,
                     batch=jobs.BatchSlot(batch_id=batch.id, role=item.role, position=item.position, name=item.name),
+                    deliver=preparation.deliver,
                 )
                 created.append(job)
     except (IntegrityError, QuotaExceeded):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import JSON, Column, ForeignKey, String
+from sqlalchemy import JSON, Column, ForeignKey, String, Text
 from sqlmodel import Field, SQLModel
 
 from gateway.common.ids import new_id
@@ -20,6 +20,7 @@ class System(SQLModel, table=True):
     name: str = Field(sa_column=Column(String(64), unique=True, nullable=False))
     scopes: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     logo_sha256: str | None = Field(default=None, max_length=64)  # its watermark logo, in the asset store (png)
+    callback_secrets: str | None = Field(default=None, sa_column=Column(Text, nullable=True))  # sealed, newest first
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime, nullable=False))
 
 

@@ -18,6 +18,7 @@ PUBLIC = {
     "GET /healthz",
     "GET /readyz",
     "POST /oauth/token",
+    "GET /files/{asset_id}",  # a signed, expiring link: the signature is the credential
 }
 PROTECTED = {
     "POST /v1/jobs",
@@ -39,6 +40,17 @@ PROTECTED = {
     "PUT /v1/logo",
     "GET /v1/logo",
     "DELETE /v1/logo",
+    "GET /v1/connector-kinds",
+    "GET /v1/connectors",
+    "POST /v1/connectors",
+    "GET /v1/connectors/{name}",
+    "PUT /v1/connectors/{name}",
+    "DELETE /v1/connectors/{name}",
+    "POST /v1/connectors/{name}/test",
+    "GET /v1/deliveries",
+    "GET /v1/deliveries/{delivery_id}",
+    "POST /v1/deliveries/{delivery_id}/replay",
+    "POST /v1/callback-secret",
     "GET /v1/admin/systems",
     "POST /v1/admin/systems",
     "GET /v1/admin/systems/{name}",
