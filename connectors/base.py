@@ -114,7 +114,7 @@ class Delivery:
 
     id: str  # the delivery (dlv_...)
     idempotency_key: str  # the same on every attempt of this (job or batch, target)
-    event: Literal["job.succeeded", "batch.completed"]
+    event: Literal["job.succeeded", "job.failed", "batch.completed"]
     system: str  # the calling system's name
     assets: list[DeliveredAsset]
     target: dict[str, Any]  # the request's target fields, validated by the connector's Target model

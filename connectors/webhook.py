@@ -48,7 +48,7 @@ class WebhookConfig(BaseModel):
         return value
 
 
-_METADATA = ("record_id", "role", "template", "recipe", "status")
+_METADATA = ("record_id", "role", "template", "recipe", "status", "error")
 
 
 def payload(delivery: Delivery) -> dict[str, Any]:

@@ -211,7 +211,9 @@ class Relay:
             metadata["status"] = "succeeded" if len(jobs) == len(every) else ("failed" if not jobs else "partial")
         elif row.job_id:
             job = await session.get(Job, row.job_id)
-            if job is not None:
+            if job is not None and row.event == "job.failed":
+                metadata["error"] = {"code": job.error_code, "message": job.error_message}
+            elif job is not None:
                 jobs = [job]
                 metadata.update(prompt=job.prompt, template=job.template_name, role=job.batch_role)
                 if job.batch_id:
@@ -222,7 +224,7 @@ class Relay:
             Delivery(
                 id=row.id,
                 idempotency_key=row.idempotency_key,
-                event="batch.completed" if row.event == "batch.completed" else "job.succeeded",
+                event=row.event if row.event in ("batch.completed", "job.failed") else "job.succeeded",  # type: ignore[arg-type]
                 system=system.name if system else "",
                 assets=assets,
                 target=dict(row.target),
@@ -342,7 +344,7 @@ class Relay:
                         status=_PENDING, last_error=attempt.error, next_attempt_at=now + timedelta(seconds=delay)
                     )
                     attempt.outcome = "retry"
-                await _circuit(session, connector_id, failed=outcome.retryable, settings=settings)
+                failed = outcome.retryable
             else:
                 values.update(
                     status=DeliveryStatus.delivered.value,
@@ -352,7 +354,7 @@ class Relay:
                     last_error=None,
                 )
                 attempt.external_id = outcome.external_id
-                await _circuit(session, connector_id, failed=False, settings=settings)
+                failed = False
             result = await session.execute(
                 update(DeliveryRow)
                 .where(col(DeliveryRow.id) == row_id, col(DeliveryRow.lease_token) == lease)
@@ -361,6 +363,7 @@ class Relay:
             if getattr(result, "rowcount", 0) != 1:
                 return None
             session.add(attempt)
+            await _circuit(session, connector_id, failed=failed, settings=settings)  # only under our lease
             return attempt.outcome
 
         result = await committed(self.res.sessionmaker, work)
@@ -424,6 +427,13 @@ def _completed_batches(limit: int) -> Any:
     )
 
 
+def _circuit_open(now: Any) -> Any:
+    """The row's connector has an open circuit: leave it where it is (no claim, no attempt spent)."""
+    return exists().where(
+        col(ConnectorInstance.id) == DeliveryRow.connector_id, col(ConnectorInstance.circuit_open_until) > now
+    )
+
+
 async def claim_due(session: AsyncSession, limit: int, lease_seconds: float) -> list[tuple[str, str]]:
     """Move up to ``limit`` due rows to ``delivering`` under new leases; returns ``(id, lease)`` pairs."""
     assert session.bind is not None
@@ -432,9 +442,12 @@ async def claim_due(session: AsyncSession, limit: int, lease_seconds: float) -> 
     lease = secrets.token_hex(16)
     if session.bind.dialect.name == "postgresql":
         now = func.now()
-        due = or_(
-            and_(col(DeliveryRow.status) == _PENDING, col(DeliveryRow.next_attempt_at) <= now),
-            and_(col(DeliveryRow.status) == _DELIVERING, col(DeliveryRow.lease_expires_at) < now),
+        due = and_(
+            or_(
+                and_(col(DeliveryRow.status) == _PENDING, col(DeliveryRow.next_attempt_at) <= now),
+                and_(col(DeliveryRow.status) == _DELIVERING, col(DeliveryRow.lease_expires_at) < now),
+            ),
+            ~_circuit_open(now),
         )
         candidates = (
             select(col(DeliveryRow.id))
@@ -457,9 +470,12 @@ async def claim_due(session: AsyncSession, limit: int, lease_seconds: float) -> 
         )
         return [(row_id, lease) for row_id in result.scalars().all()]
     now_value = utcnow()
-    due_sqlite = or_(
-        and_(col(DeliveryRow.status) == _PENDING, col(DeliveryRow.next_attempt_at) <= now_value),
-        and_(col(DeliveryRow.status) == _DELIVERING, col(DeliveryRow.lease_expires_at) < now_value),
+    due_sqlite = and_(
+        or_(
+            and_(col(DeliveryRow.status) == _PENDING, col(DeliveryRow.next_attempt_at) <= now_value),
+            and_(col(DeliveryRow.status) == _DELIVERING, col(DeliveryRow.lease_expires_at) < now_value),
+        ),
+        ~_circuit_open(now_value),
     )
     ids = (
         (
@@ -488,22 +504,34 @@ async def claim_due(session: AsyncSession, limit: int, lease_seconds: float) -> 
 
 
 async def _circuit(session: AsyncSession, connector_id: str | None, *, failed: bool, settings: Any) -> None:
+    """Count a failure (atomically: several relays may fail at once) or close the circuit on a success."""
     if connector_id is None:
         return
-    instance = await session.get(ConnectorInstance, connector_id)
-    if instance is None:
-        return
+    table = ConnectorInstance
     if not failed:
-        if instance.circuit_failures or instance.circuit_open_until:
-            instance.circuit_failures = 0
-            instance.circuit_open_until = None
-            session.add(instance)
+        await session.execute(
+            update(table)
+            .where(
+                col(table.id) == connector_id,
+                or_(col(table.circuit_failures) > 0, col(table.circuit_open_until).is_not(None)),
+            )
+            .values(circuit_failures=0, circuit_open_until=None)
+        )
         return
-    instance.circuit_failures += 1
-    if instance.circuit_failures >= settings.delivery_circuit_failures:
-        instance.circuit_open_until = utcnow() + timedelta(seconds=settings.delivery_circuit_seconds)
-        log.warning("delivery.circuit_open", connector=instance.name, failures=instance.circuit_failures)
-    session.add(instance)
+    result = await session.execute(
+        update(table)
+        .where(col(table.id) == connector_id)
+        .values(circuit_failures=col(table.circuit_failures) + 1)
+        .returning(col(table.circuit_failures), col(table.name))
+    )
+    found = result.first()
+    if found is not None and found[0] >= settings.delivery_circuit_failures:
+        await session.execute(
+            update(table)
+            .where(col(table.id) == connector_id)
+            .values(circuit_open_until=utcnow() + timedelta(seconds=settings.delivery_circuit_seconds))
+        )
+        log.warning("delivery.circuit_open", connector=found[1], failures=found[0])
 
 
 def _is_callback(row: DeliveryRow) -> bool:

@@ -295,6 +295,23 @@ async def enqueue_for_job(session: AsyncSession, job: Job) -> list[DeliveryRow]:
     return rows
 
 
+def enqueue_failure_callback(session: AsyncSession, job: Job) -> DeliveryRow:
+    """The ``job.failed`` callback: call in the transaction that records the failure."""
+    row = DeliveryRow(
+        system_id=job.system_id,
+        connector=CALLBACK,
+        kind="webhook",
+        event="job.failed",
+        job_id=job.id,
+        batch_id=job.batch_id,
+        target={"url": job.callback_url},
+        idempotency_key=f"{job.id}:callback",
+        next_attempt_at=utcnow(),
+    )
+    session.add(row)
+    return row
+
+
 async def get_delivery(session: AsyncSession, principal: Principal, delivery_id: str) -> DeliveryRow:
     row = await session.get(DeliveryRow, delivery_id) if is_id(delivery_id, "dlv") else None
     if row is None or row.system_id != principal.system_id:

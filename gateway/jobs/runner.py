@@ -311,10 +311,15 @@ async def _fail(res: Resources, job_id: str, lease: str, code: str, message: str
         ):
             return False
         await quotas.refund(session, job_id)
+        failed = await repository.get(session, job_id)
+        if failed is not None and failed.callback_url:  # the caller waits for the outcome, whatever it is
+            delivery.enqueue_failure_callback(session, failed)
         return True
 
     if not await committed(res.sessionmaker, fail):
         raise _LeaseLost
+    if res.relay is not None:
+        res.relay.wake()
     log.warning("job.failed", code=code, message=message)
     return JobStatus.failed.value
 

@@ -399,3 +399,57 @@ def test_a_huge_retry_after_is_capped_at_a_day() -> None:
 
     assert next_delay([5.0], 1, 10**12) == 86400.0
     assert next_delay([5.0], 2, None) is None  # the schedule is spent
+
+
+async def test_a_recipe_delivers_every_job_to_a_dingtalk_group_through_the_relay(gateway: Stack) -> None:
+    from gateway.emulators import dingtalk
+    from tests.live import serve_asgi
+
+    robot = dingtalk.create_app("robot-token", "SECrobot")
+    token = await gateway.system("oa", "generate,batch,connectors:write")
+    async with serve_asgi(robot) as base:
+        config = {"webhook_url": f"{base}/robot/send", "access_token": "robot-token", "secret": "SECrobot"}
+        created = await gateway.client.post(
+            "/v1/connectors", json={"name": "oa-group", "kind": "dingtalk", "config": config}, headers=auth(token)
+        )
+        assert created.status_code == 201, created.text
+        body = {
+            "record": {
+                "id": "R-1",
+                "title": "季报",
+                "sections": [
+                    {"type": "sales_analysis", "title": "销售", "content": "华东区域销售额同比增长35%。"},
+                    {"type": "team_performance", "title": "团队", "content": "研发团队按期交付三个版本。"},
+                ],
+            },
+            "options": {
+                "roles": {"sales_analysis": {"steps": 1}, "team_performance": {"steps": 1}},
+                "deliver": [{"connector": "oa-group"}],
+            },
+        }
+        batch = (
+            await gateway.client.post("/v1/recipes/oa.report_illustrations", json=body, headers=auth(token))
+        ).json()
+        for item in batch["jobs"]:
+            await settle(gateway, token, item["job"]["id"])
+        again = (await gateway.client.get("/v1/deliveries", params={"batch": batch["id"]}, headers=auth(token))).json()
+
+        received = robot.state.received
+        assert len(received) == 2 and len(again["items"]) == 2
+        assert {m["msgUuid"] for m in received} == {d["idempotency_key"] for d in again["items"]}
+        assert all("/files/ast_" in m["body"]["markdown"]["text"] for m in received)
+
+
+async def test_a_failed_job_calls_back_with_its_error(tmp_path: Path, receiver: Receiver) -> None:
+    async for stack in start_stack("embedded", tmp_path, None, **FAST, preview_models="sd15"):
+        token = await stack.system("crm", "generate,batch")
+        receiver.secrets = [(await stack.client.post("/v1/callback-secret", headers=auth(token))).json()["secret"]]
+
+        job = await stack.submit(token, model="flux", callback_url=receiver.url)  # no backend serves it
+        failed = await stack.wait(token, job["id"])
+        delivery = await settle(stack, token, job["id"])
+
+        assert failed["status"] == "failed" and delivery["event"] == "job.failed"
+        event = receiver.effects[f"{job['id']}:callback"]
+        assert event["type"] == "job.failed" and event["data"]["error"]["code"] == failed["error"]["code"]
+        assert event["data"]["assets"] == []
