@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from gateway.config import Settings
 from gateway.db.engine import transaction
@@ -61,10 +62,19 @@ def pg_database() -> Any:
 
 
 async def _truncate(res: Resources) -> None:
-    async with transaction(res.sessionmaker) as session:
-        await session.execute(
-            text("TRUNCATE assets, jobs, tokens, systems, backends, backend_speeds, audit_events CASCADE")
-        )
+    # A relay or worker of the test before may still be reading (it stops within a second): TRUNCATE can then
+    # lose a deadlock against it; trying again is what an operator would do.
+    for attempt in range(10):
+        try:
+            async with transaction(res.sessionmaker) as session:
+                await session.execute(
+                    text("TRUNCATE assets, jobs, tokens, systems, backends, backend_speeds, audit_events CASCADE")
+                )
+            return
+        except DBAPIError as exc:
+            if "deadlock" not in str(exc) or attempt == 9:
+                raise
+            await asyncio.sleep(0.2)
 
 
 @dataclass
