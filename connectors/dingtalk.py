@@ -24,22 +24,26 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import string
 import time
 import uuid
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import (
+    TITLE_FIELDS,
     Delivered,
     Delivery,
     DeliveryError,
+    EndpointUrl,
     OAConnector,
     PermanentError,
     RetryableError,
+    TitleTemplate,
     error_for_status,
+    guarded_request,
     retry_after_seconds,
 )
 
@@ -60,7 +64,6 @@ PERMANENT_HINTS = {
     400105: "DingTalk does not support this message type",
     460101: "the message is too long",
 }
-TITLE_FIELDS = {"record_id", "role", "template", "system", "count", "event", "job_id", "batch_id"}
 PROMPT_CHARS = 200
 
 
@@ -68,23 +71,6 @@ def sign(timestamp_ms: int, secret: str) -> str:
     """The signature DingTalk checks, base64 (the caller URL-encodes it into the query)."""
     digest = hmac.new(secret.encode(), f"{timestamp_ms}\n{secret}".encode(), hashlib.sha256).digest()
     return base64.b64encode(digest).decode()
-
-
-def check_template(value: str | None) -> str | None:
-    """A title template may use ``{record_id}``, ``{role}``, ``{template}``, ``{system}``, ``{count}``,
-    ``{event}``, ``{job_id}``, ``{batch_id}`` (plain names only: no attributes, indexes or conversions)."""
-    if value is None:
-        return None
-    try:
-        parts = list(string.Formatter().parse(value))
-    except ValueError as exc:
-        raise ValueError(f"not a valid template: {exc}") from None
-    for _, name, spec, conversion in parts:
-        if name is None:
-            continue
-        if name not in TITLE_FIELDS or conversion or spec:
-            raise ValueError(f"unknown placeholder {{{name}}}; allowed: {', '.join(sorted(TITLE_FIELDS))}")
-    return value
 
 
 def title_fields(delivery: Delivery) -> dict[str, str]:
@@ -163,14 +149,14 @@ def markdown_text(delivery: Delivery, heading: str) -> str:
 class DingTalkConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    webhook_url: str = Field(
+    webhook_url: EndpointUrl = Field(
         default=DEFAULT_WEBHOOK, max_length=2000, description="The robot endpoint, without the access_token"
     )
     access_token: SecretStr = Field(description="The robot's access_token (the end of its webhook URL)")
     secret: SecretStr | None = Field(
         default=None, description="The signing secret (SEC...) when the robot uses 加签; empty for keyword/IP security"
     )
-    title_template: str | None = Field(
+    title_template: TitleTemplate = Field(
         default=None,
         max_length=200,
         description="Message title, e.g. '新图片 {record_id} {role}' (placeholders: "
@@ -178,28 +164,11 @@ class DingTalkConfig(BaseModel):
         + ")",
     )
 
-    @field_validator("webhook_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("an http(s) URL")
-        return value
 
-    @field_validator("title_template")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        return check_template(value)
-
-
-class DingTalkConnector(OAConnector):
+class DingTalkConnector(OAConnector[DingTalkConfig]):
     kind: ClassVar[str] = "dingtalk"
     title: ClassVar[str] = "DingTalk group robot"
     Config: ClassVar[type[BaseModel]] = DingTalkConfig
-
-    @property
-    def _config(self) -> DingTalkConfig:
-        assert isinstance(self.config, DingTalkConfig)
-        return self.config
 
     async def test_connection(self) -> str:
         body = {"msgtype": "text", "text": {"content": "Imagegate: connection test"}, "msgUuid": uuid.uuid4().hex}
@@ -207,7 +176,7 @@ class DingTalkConnector(OAConnector):
         return "DingTalk accepted the token and signature; a test message was sent to the group"
 
     async def deliver(self, delivery: Delivery) -> Delivered:
-        heading = title(delivery, self._config.title_template)
+        heading = title(delivery, self.config.title_template)
         body = {
             "msgtype": "markdown",
             "markdown": {"title": heading, "text": markdown_text(delivery, heading)},
@@ -220,7 +189,7 @@ class DingTalkConnector(OAConnector):
         )
 
     def _url(self) -> str:
-        config = self._config
+        config = self.config
         parts = urlsplit(config.webhook_url)
         query = [(k, v) for k, v in parse_qsl(parts.query) if k not in ("access_token", "timestamp", "sign")]
         query.append(("access_token", config.access_token.get_secret_value()))
@@ -231,29 +200,33 @@ class DingTalkConnector(OAConnector):
         return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query), ""))
 
     async def _send(self, body: dict[str, Any]) -> None:
-        from gateway.common.outbound import FetchFailed
-        from policies.ssrf import UrlRefused
-
-        try:
-            response = await self.http.request("POST", self._url(), json=body)
-        except UrlRefused as exc:
-            raise PermanentError(f"the DingTalk URL is not allowed: {exc}") from None
-        except FetchFailed as exc:
-            raise RetryableError(f"DingTalk could not be reached: {exc.message}") from None
-        if response.status_code != 200:
-            raise error_for_status(
-                response.status_code,
-                f"DingTalk answered HTTP {response.status_code}",
-                retry_after_seconds(response.headers.get("retry-after")),
-            )
-        try:
-            answer = response.json()
-            errcode = int(answer["errcode"])
-            errmsg = str(answer.get("errmsg", ""))[:300]
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise RetryableError("DingTalk answered something that is not its JSON", status=200) from None
+        response = await guarded_request(
+            self.http,
+            "POST",
+            self._url(),
+            refused="the DingTalk URL is not allowed",
+            unreachable="DingTalk could not be reached",
+            json=body,
+        )
+        errcode, errmsg = errcode_answer(response, "DingTalk")
         if errcode != 0:
             raise error_for_errcode(errcode, errmsg)
+
+
+def errcode_answer(response: httpx.Response, vendor: str, suffix: str = "") -> tuple[int, str]:
+    """``errcode`` and ``errmsg`` of a chat robot's answer (DingTalk, WeCom: HTTP 200 with ``{"errcode",
+    "errmsg"}``); an HTTP error or a body that is not that JSON raises (each message ends with ``suffix``)."""
+    if response.status_code != 200:
+        raise error_for_status(
+            response.status_code,
+            f"{vendor} answered HTTP {response.status_code}{suffix}",
+            retry_after_seconds(response.headers.get("retry-after")),
+        )
+    try:
+        answer = response.json()
+        return int(answer["errcode"]), str(answer.get("errmsg", ""))[:300]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        raise RetryableError(f"{vendor} answered something that is not its JSON{suffix}", status=200) from None
 
 
 def error_for_errcode(errcode: int, errmsg: str) -> DeliveryError:

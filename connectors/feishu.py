@@ -36,9 +36,11 @@ import hmac
 import time
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import (
+    TITLE_FIELDS,
+    BaseUrl,
     Delivered,
     DeliveredAsset,
     Delivery,
@@ -46,10 +48,12 @@ from connectors.base import (
     OAConnector,
     PermanentError,
     RetryableError,
+    TitleTemplate,
     error_for_status,
+    guarded_request,
     retry_after_seconds,
 )
-from connectors.dingtalk import TITLE_FIELDS, check_template, plain, title
+from connectors.dingtalk import plain, title
 from connectors.wecom import fit_image
 
 DEFAULT_BASE = "https://open.feishu.cn"
@@ -82,30 +86,18 @@ def sign(timestamp: int, secret: str) -> str:
 class FeishuConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = Field(
+    base_url: BaseUrl = Field(
         default=DEFAULT_BASE, max_length=2000, description="https://open.feishu.cn (Lark: https://open.larksuite.com)"
     )
     hook_token: SecretStr = Field(description="The bot's webhook token (the end of .../bot/v2/hook/<token>)")
     secret: SecretStr | None = Field(default=None, description="The bot's signing secret (签名校验); empty if off")
     app_id: str = Field(min_length=1, max_length=100, description="An app of the same tenant that uploads the images")
     app_secret: SecretStr = Field(description="That app's secret")
-    title_template: str | None = Field(
+    title_template: TitleTemplate = Field(
         default=None,
         max_length=200,
         description="Message title (placeholders: " + ", ".join(sorted(TITLE_FIELDS)) + ")",
     )
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("an http(s) URL")
-        return value.rstrip("/")
-
-    @field_validator("title_template")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        return check_template(value)
 
 
 def post_content(delivery: Delivery, heading: str, keys: list[str]) -> dict[str, Any]:
@@ -130,15 +122,10 @@ def post_content(delivery: Delivery, heading: str, keys: list[str]) -> dict[str,
     return {"post": {"zh_cn": {"title": heading, "content": rows}}}
 
 
-class FeishuConnector(OAConnector):
+class FeishuConnector(OAConnector[FeishuConfig]):
     kind: ClassVar[str] = "feishu"
     title: ClassVar[str] = "Feishu / Lark group bot"
     Config: ClassVar[type[BaseModel]] = FeishuConfig
-
-    @property
-    def _config(self) -> FeishuConfig:
-        assert isinstance(self.config, FeishuConfig)
-        return self.config
 
     async def test_connection(self) -> str:
         await self._tenant_token()
@@ -148,21 +135,20 @@ class FeishuConnector(OAConnector):
     async def deliver(self, delivery: Delivery) -> Delivered:
         token = await self._tenant_token()
         keys = [await self._upload(token, asset) for asset in delivery.assets]
-        heading = title(delivery, self._config.title_template)
+        heading = title(delivery, self.config.title_template)
         await self._hook({"msg_type": "post", "content": post_content(delivery, heading, keys)})
         return Delivered(detail={"image_keys": keys})
 
     async def _request(self, what: str, method: str, url: str, **kwargs: Any) -> Any:
         """One call; the parsed JSON answer, whatever its ``code`` (HTTP errors with a Feishu body included)."""
-        from gateway.common.outbound import FetchFailed
-        from policies.ssrf import UrlRefused
-
-        try:
-            response = await self.http.request(method, url, **kwargs)
-        except UrlRefused as exc:
-            raise PermanentError(f"the Feishu URL is not allowed: {exc}") from None
-        except FetchFailed as exc:
-            raise RetryableError(f"Feishu could not be reached ({what}): {exc.message}") from None
+        response = await guarded_request(
+            self.http,
+            method,
+            url,
+            refused="the Feishu URL is not allowed",
+            unreachable=f"Feishu could not be reached ({what})",
+            **kwargs,
+        )
         try:
             answer = response.json()
             int(answer["code"])
@@ -181,7 +167,7 @@ class FeishuConnector(OAConnector):
         return answer
 
     async def _tenant_token(self) -> str:
-        config = self._config
+        config = self.config
         body = {"app_id": config.app_id, "app_secret": config.app_secret.get_secret_value()}
         url = f"{config.base_url}/open-apis/auth/v3/tenant_access_token/internal"
         answer = await self._request("tenant token", "POST", url, json=body)
@@ -202,7 +188,7 @@ class FeishuConnector(OAConnector):
         answer = await self._request(
             "image upload",
             "POST",
-            f"{self._config.base_url}/open-apis/im/v1/images",
+            f"{self.config.base_url}/open-apis/im/v1/images",
             headers={"Authorization": f"Bearer {token}"},
             data={"image_type": "message"},
             files={"image": (filename, data, content_type)},
@@ -219,7 +205,7 @@ class FeishuConnector(OAConnector):
         raise PermanentError(message + (f" ({hint})" if hint else ""))
 
     async def _hook(self, message: dict[str, Any]) -> None:
-        config = self._config
+        config = self.config
         body: dict[str, Any] = {}
         if config.secret is not None and config.secret.get_secret_value():
             timestamp = int(time.time())

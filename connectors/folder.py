@@ -14,8 +14,7 @@ The root is a local or mounted folder (an NFS/SMB share a DAM ingests from). Eac
   and leading dots removed), the layout itself is checked when configured, and every folder is resolved (symlinks
   followed) and must stay under the resolved root. Symlinks inside the root that point inside it are followed.
 
-This module also holds the path-template helpers (:func:`check_template`, :func:`render_template`, :func:`job_time`)
-that the S3 and WebDAV connectors use for their keys and folders.
+The layout is a path template of :mod:`connectors.paths` (shared with the S3 and WebDAV connectors).
 
 A root that is missing at delivery time (an unmounted share) is a RetryableError; no permission (or a read-only
 file system) is a PermanentError; other I/O errors (a full disk) are retryable. ``test_connection`` checks that the
@@ -34,16 +33,13 @@ import errno
 import hashlib
 import json
 import os
-import re
 import secrets
 import stat
-import string
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from connectors.base import (
     DAMConnector,
@@ -52,165 +48,9 @@ from connectors.base import (
     Delivery,
     PermanentError,
     RetryableError,
+    valid_target,
 )
-
-# --- path templates (shared with the S3 and WebDAV connectors) -------------------------------------------------------
-
-TEMPLATE_FIELDS: dict[str, str] = {
-    "system": "the calling system's name",
-    "yyyy": "year the job was created (UTC, from the job id: the same on every retry)",
-    "mm": "month, two digits",
-    "dd": "day, two digits",
-    "record_id": "the delivery's record id (metadata), or 'none'",
-    "role": "the image's role (metadata), or 'none'",
-    "template": "the generation template's name (metadata), or 'none'",
-    "job_id": "the asset's job id",
-    "batch_id": "the batch id, or 'none'",
-    "asset_id": "the asset id (unique)",
-    "index": "the image's index in its job",
-    "sha256": "hex SHA-256 of the image bytes",
-    "ext": "file extension (the image format: png, jpeg, webp)",
-    "filename": "the readable file name <record>_<job name>[_<n>].<ext>",
-    "stem": "the file name without its extension",
-}
-#: Placeholders that make a name unique per image (a file name template must use one of them).
-UNIQUE_FIELDS = frozenset({"filename", "stem", "asset_id", "sha256"})
-
-_UNSAFE_CHARS = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
-_ID_TIME = re.compile(r"^[a-z]{3}_([0-9a-f]{12})[0-9a-f]{16}$")
-_SAMPLE = {name: "x" for name in TEMPLATE_FIELDS}
-MAX_SEGMENT_BYTES = 255
-
-
-def safe_segment(value: object, limit: int = 100) -> str:
-    """``value`` as one harmless path segment: no separators or control characters, no leading or trailing dots or
-    spaces (so never ``.``/``..`` nor a hidden file), at most ``limit`` UTF-8 bytes, never empty."""
-    text = _UNSAFE_CHARS.sub("_", str(value)).strip(" .")
-    text = text.encode("utf-8")[:limit].decode("utf-8", "ignore").rstrip(" .")
-    return text or "_"
-
-
-def check_template(template: str, *, file_name: bool) -> str:
-    """Validate a path template: only :data:`TEMPLATE_FIELDS` as plain ``{name}`` fields (no conversions, format specs,
-    attribute or index access), relative, no empty, ``.`` or ``..`` segment. With ``file_name`` the last segment must
-    hold a placeholder that is unique per image. Returns the template; raises ValueError."""
-    try:
-        parsed = list(string.Formatter().parse(template))
-    except ValueError as exc:
-        raise ValueError(f"not a valid template: {exc}") from None
-    for literal, name, spec, conversion in parsed:
-        if _UNSAFE_CHARS.search(literal.replace("/", "")):
-            raise ValueError('must not contain control characters, backslashes or any of : * ? " < > |')
-        if name is None:
-            continue
-        if name not in TEMPLATE_FIELDS:
-            allowed = ", ".join("{" + n + "}" for n in TEMPLATE_FIELDS)
-            raise ValueError(f"unknown placeholder {{{name}}}; the placeholders are {allowed}")
-        if spec or conversion:
-            raise ValueError(f"placeholder {{{name}}} must be plain (no !conversion or :format)")
-    if template.startswith("/"):
-        raise ValueError("must be relative (no leading '/')")
-    if template == "":
-        if file_name:
-            raise ValueError("must not be empty")
-        return template
-    segments = template.format_map(_SAMPLE).split("/")
-    if any(segment in ("", ".", "..") or segment != segment.strip(" ") for segment in segments):
-        raise ValueError("must not have empty, '.' or '..' segments, nor segments starting or ending with a space")
-    if file_name:
-        last = template.rsplit("/", 1)[-1]
-        if not any("{" + name + "}" in last for name in UNIQUE_FIELDS):
-            raise ValueError("the last segment must contain {filename}, {stem}, {asset_id} or {sha256}")
-    return template
-
-
-def job_time(delivery: Delivery, asset: DeliveredAsset | None = None) -> datetime:
-    """When the job was created, read from the time-ordered id (the asset's job, else the batch, job or delivery id):
-    a path built from it is the same on every attempt, whatever day the retry runs. Falls back to now."""
-    candidates = (asset.job_id if asset else None, delivery.batch_id, delivery.job_id, delivery.id)
-    for candidate in candidates:
-        match = _ID_TIME.match(candidate or "")
-        if match:
-            with contextlib.suppress(OverflowError, OSError, ValueError):
-                return datetime.fromtimestamp(int(match.group(1), 16) / 1000, UTC)
-    return datetime.now(UTC)
-
-
-def template_values(delivery: Delivery, asset: DeliveredAsset) -> dict[str, str]:
-    """The placeholder values for one asset, each already a safe path segment."""
-    when = job_time(delivery, asset)
-    meta = delivery.metadata
-    stem, dot, suffix = asset.filename.rpartition(".")
-    if not dot:
-        stem, suffix = asset.filename, asset.format
-    ext = safe_segment(suffix or asset.format, 16)
-    safe_stem = safe_segment(stem, 180)
-    return {
-        "system": safe_segment(delivery.system),
-        "yyyy": f"{when.year:04d}",
-        "mm": f"{when.month:02d}",
-        "dd": f"{when.day:02d}",
-        "record_id": safe_segment(meta.get("record_id") or "none"),
-        "role": safe_segment(meta.get("role") or "none"),
-        "template": safe_segment(meta.get("template") or "none"),
-        "job_id": safe_segment(asset.job_id),
-        "batch_id": safe_segment(delivery.batch_id or "none"),
-        "asset_id": safe_segment(asset.id),
-        "index": str(int(asset.index)),
-        "sha256": safe_segment(asset.sha256, 64),
-        "ext": ext,
-        "filename": f"{safe_stem}.{ext}",
-        "stem": safe_stem,
-    }
-
-
-def render_template(template: str, delivery: Delivery, asset: DeliveredAsset) -> list[str]:
-    """The template's path segments for one asset; raises PermanentError if the result is not a clean relative
-    path (checked again here, not only when the template was configured)."""
-    if template == "":
-        return []
-    segments = template.format_map(template_values(delivery, asset)).split("/")
-    for segment in segments:
-        if segment in ("", ".", "..") or _UNSAFE_CHARS.search(segment) or len(segment.encode()) > MAX_SEGMENT_BYTES:
-            raise PermanentError(f"the path template gives an unusable path segment {segment[:80]!r}")
-    return segments
-
-
-def alternate_name(name: str, sha256: str) -> str:
-    """Where an image goes when another image already has its name: ``<stem>~<sha256[:12]>.<ext>``."""
-    stem, dot, ext = name.rpartition(".")
-    if not dot:
-        return f"{name}~{sha256[:12]}"
-    return f"{stem}~{sha256[:12]}.{ext}"
-
-
-def check_subfolder(value: str | None) -> str | None:
-    """A per-delivery subfolder: relative, ``/``-separated, at most 5 levels of plain names (no ``..``)."""
-    if value is None:
-        return None
-    value = value.strip().rstrip("/")
-    if not value:
-        return None
-    if value.startswith("/"):
-        raise ValueError("must be relative (no leading '/')")
-    parts = value.split("/")
-    if len(parts) > 5 or len(value) > 200:
-        raise ValueError("at most 5 levels and 200 characters")
-    for part in parts:
-        if part in ("", ".", "..") or part != safe_segment(part, 100):
-            raise ValueError(
-                f"{part!r} is not a plain folder name "
-                "(no '..', control characters, leading dots or any of \\ : * ? \" < > |)"
-            )
-    return value
-
-
-def invalid_target(exc: ValidationError) -> PermanentError:
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'target'}: {e['msg']}" for e in exc.errors())
-    return PermanentError(f"invalid target: {problems}")
-
-
-# --- the connector ---------------------------------------------------------------------------------------------------
+from connectors.paths import TEMPLATE_FIELDS, Subfolder, alternate_name, check_template, job_time, render_template
 
 
 class FolderConfig(BaseModel):
@@ -255,16 +95,11 @@ class FolderTarget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    subfolder: str | None = Field(
+    subfolder: Subfolder = Field(
         default=None,
         description="Optional folder under the root, before the layout (e.g. 'campaigns/summer'); plain names only.",
         max_length=200,
     )
-
-    @field_validator("subfolder")
-    @classmethod
-    def _subfolder(cls, value: str | None) -> str | None:
-        return check_subfolder(value)
 
 
 @dataclass(frozen=True)
@@ -278,14 +113,13 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _TEMP_PREFIX = ".imagegate-"
 
 
-class FolderConnector(DAMConnector):
+class FolderConnector(DAMConnector[FolderConfig]):
     """Writes each image (atomically, with a ``<file>.json`` sidecar) under a folder; see the module docstring."""
 
     kind: ClassVar[str] = "folder"
     title: ClassVar[str] = "Folder (local or mounted share)"
     Config: ClassVar[type[BaseModel]] = FolderConfig
     Target: ClassVar[type[BaseModel]] = FolderTarget
-    config: FolderConfig
 
     async def test_connection(self) -> str:
         return await asyncio.to_thread(self._probe)
@@ -309,10 +143,7 @@ class FolderConnector(DAMConnector):
         return f"the folder {root} exists and is writable"
 
     async def deliver(self, delivery: Delivery) -> Delivered:
-        try:
-            target = FolderTarget.model_validate(delivery.target)
-        except ValidationError as exc:
-            raise invalid_target(exc) from None
+        target = valid_target(FolderTarget, delivery)
         prefix = target.subfolder.split("/") if target.subfolder else []
         files: list[dict[str, Any]] = []
         root = Path(self.config.path)
@@ -488,18 +319,3 @@ def _sidecar(delivery: Delivery, asset: DeliveredAsset, size: int) -> dict[str, 
 
 def _json_bytes(value: dict[str, Any]) -> bytes:
     return (json.dumps(value, ensure_ascii=False, indent=2, sort_keys=False, default=str) + "\n").encode("utf-8")
-
-
-__all__ = [
-    "TEMPLATE_FIELDS",
-    "FolderConfig",
-    "FolderConnector",
-    "FolderTarget",
-    "alternate_name",
-    "check_subfolder",
-    "check_template",
-    "job_time",
-    "render_template",
-    "safe_segment",
-    "template_values",
-]

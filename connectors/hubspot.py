@@ -41,6 +41,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from connectors.base import (
+    BaseUrl,
     CRMConnector,
     Delivered,
     DeliveredAsset,
@@ -49,6 +50,8 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     error_for_status,
+    guarded_request,
+    json_or_none,
     retry_after_seconds,
 )
 
@@ -58,7 +61,7 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 class HubSpotConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = Field(default="https://api.hubapi.com", max_length=300, description="HubSpot's API base URL")
+    base_url: BaseUrl = Field(default="https://api.hubapi.com", max_length=300, description="HubSpot's API base URL")
     access_token: SecretStr = Field(description="A private app access token with the files and e-commerce scopes")
     folder_path: str = Field(
         default="/imagegate", min_length=1, max_length=200, description="File manager folder for the images"
@@ -71,13 +74,6 @@ class HubSpotConfig(BaseModel):
         pattern=r"^[a-z0-9_]{1,100}$",
         description="The product property that gets the first image's URL",
     )
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("an http(s) URL")
-        return value.rstrip("/")
 
     @field_validator("folder_path")
     @classmethod
@@ -100,21 +96,16 @@ def extension(asset: DeliveredAsset) -> str:
     return {"jpeg": "jpg"}.get(asset.format, asset.format)
 
 
-class HubSpotConnector(CRMConnector):
+class HubSpotConnector(CRMConnector[HubSpotConfig]):
     kind: ClassVar[str] = "hubspot"
     title: ClassVar[str] = "HubSpot (file manager + product image)"
     Config: ClassVar[type[BaseModel]] = HubSpotConfig
     Target: ClassVar[type[BaseModel]] = HubSpotTarget
 
-    @property
-    def _config(self) -> HubSpotConfig:
-        assert isinstance(self.config, HubSpotConfig)
-        return self.config
-
     async def test_connection(self) -> str:
-        config = self._config
+        config = self.config
         response = await self._call("GET", "/crm/v3/properties/products", "listing product properties")
-        names = {p.get("name") for p in (_json(response) or {}).get("results", []) if isinstance(p, dict)}
+        names = {p.get("name") for p in (json_or_none(response) or {}).get("results", []) if isinstance(p, dict)}
         if config.image_property not in names:
             raise PermanentError(
                 f"the token works, but products have no property {config.image_property!r} "
@@ -157,17 +148,17 @@ class HubSpotConnector(CRMConnector):
     # -- the calls -----------------------------------------------------------------------------------------
 
     async def _find(self, stem: str, ext: str) -> dict[str, Any] | None:
-        path = f"{self._config.folder_path.rstrip('/')}/{stem}.{ext}"
+        path = f"{self.config.folder_path.rstrip('/')}/{stem}.{ext}"
         response = await self._call(
             "GET", "/files/v3/files/search", f"the search for {stem}", params={"name": stem, "limit": "100"}
         )
-        for item in (_json(response) or {}).get("results", []):
+        for item in (json_or_none(response) or {}).get("results", []):
             if isinstance(item, dict) and item.get("path") == path and not item.get("archived"):
                 return item
         return None
 
     async def _upload(self, asset: DeliveredAsset, stem: str) -> dict[str, Any]:
-        config = self._config
+        config = self.config
         data = await asset.read()
         name = f"{stem}.{extension(asset)}"
         options = {"access": config.access, "overwrite": True, "duplicateValidationStrategy": "NONE"}
@@ -178,7 +169,7 @@ class HubSpotConnector(CRMConnector):
             data={"fileName": name, "folderPath": config.folder_path, "options": json.dumps(options)},
             files={"file": (name, data, asset.content_type)},
         )
-        body = _json(response)
+        body = json_or_none(response)
         if not isinstance(body, dict) or not body.get("id") or not (body.get("url") or body.get("defaultHostingUrl")):
             raise RetryableError(f"HubSpot accepted {name} but answered no file id and URL")
         return body
@@ -188,36 +179,29 @@ class HubSpotConnector(CRMConnector):
             "PATCH",
             f"/crm/v3/objects/products/{quote(product_id)}",
             f"the update of product {product_id}",
-            json={"properties": {self._config.image_property: url}},
+            json={"properties": {self.config.image_property: url}},
         )
 
     async def _call(self, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
-        from gateway.common.outbound import FetchFailed
-        from policies.ssrf import UrlRefused
-
-        config = self._config
+        config = self.config
         headers = {"Authorization": f"Bearer {config.access_token.get_secret_value()}", "Accept": "application/json"}
-        try:
-            response = await self.http.request(method, f"{config.base_url}{path}", headers=headers, **kwargs)
-        except UrlRefused as exc:
-            raise PermanentError(f"{what}: the HubSpot URL is not allowed: {exc.message}") from None
-        except FetchFailed as exc:
-            raise RetryableError(f"{what}: HubSpot could not be reached: {exc.message}") from None
+        response = await guarded_request(
+            self.http,
+            method,
+            f"{config.base_url}{path}",
+            refused=f"{what}: the HubSpot URL is not allowed",
+            unreachable=f"{what}: HubSpot could not be reached",
+            headers=headers,
+            **kwargs,
+        )
         if 200 <= response.status_code < 300:
             return response
         raise _error(response, what)
 
 
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
-
-
 def _error(response: httpx.Response, what: str) -> DeliveryError:
     status = response.status_code
-    body = _json(response)
+    body = json_or_none(response)
     body = body if isinstance(body, dict) else {}
     category = str(body.get("category") or body.get("errorType") or "")
     text = str(body.get("message") or response.text[:300]).strip()

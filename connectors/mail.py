@@ -26,12 +26,11 @@ import html
 import re
 import socket
 import ssl
-import string
 from email.message import EmailMessage
 from email.utils import formataddr, formatdate, parseaddr
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import (
     Delivered,
@@ -41,8 +40,10 @@ from connectors.base import (
     OAConnector,
     PermanentError,
     RetryableError,
+    parse_template,
+    read_checked,
+    valid_target,
 )
-from connectors.folder import invalid_target
 
 ATTACH_LIMIT = 10 * 1024 * 1024  # total image bytes above which links are sent instead
 MAX_RECIPIENTS = 50
@@ -103,11 +104,7 @@ def _check_list(values: list[str]) -> list[str]:
 
 
 def _check_subject_template(value: str) -> str:
-    try:
-        parsed = list(string.Formatter().parse(value))
-    except ValueError as exc:
-        raise ValueError(f"not a valid template: {exc}") from None
-    for _literal, name, spec, conversion in parsed:
+    for _literal, name, spec, conversion in parse_template(value):
         if name is None:
             continue
         if name not in SUBJECT_FIELDS or spec or conversion:
@@ -231,14 +228,13 @@ def _size(value: int) -> str:
     return f"{value} bytes"
 
 
-class EmailConnector(OAConnector):
+class EmailConnector(OAConnector[EmailConfig]):
     """Emails the images of a delivery over SMTP; see the module docstring."""
 
     kind: ClassVar[str] = "email"
     title: ClassVar[str] = "Email (SMTP)"
     Config: ClassVar[type[BaseModel]] = EmailConfig
     Target: ClassVar[type[BaseModel]] = EmailTarget
-    config: EmailConfig
 
     async def test_connection(self) -> str:
         smtp = await self._connect()
@@ -250,10 +246,7 @@ class EmailConnector(OAConnector):
             await _quit(smtp)
 
     async def deliver(self, delivery: Delivery) -> Delivered:
-        try:
-            target = EmailTarget.model_validate(delivery.target)
-        except ValidationError as exc:
-            raise invalid_target(exc) from None
+        target = valid_target(EmailTarget, delivery)
         recipients = target.to or self.config.to
         refused_domain = [a for a in recipients if not _domain_allowed(a, self.config.allowed_domains)]
         if refused_domain:
@@ -300,10 +293,7 @@ class EmailConnector(OAConnector):
         contents: list[bytes] = []
         if attached:
             for asset in delivery.assets:
-                data = await asset.read()
-                if hashlib.sha256(data).hexdigest() != asset.sha256:
-                    raise PermanentError(f"the bytes of {asset.id} do not match their recorded sha256")
-                contents.append(data)
+                contents.append(await read_checked(asset))
             attached = sum(len(c) for c in contents) <= ATTACH_LIMIT
 
         message = EmailMessage()

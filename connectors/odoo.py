@@ -28,9 +28,10 @@ import itertools
 from typing import Any, ClassVar, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from connectors.base import (
+    BaseUrl,
     CRMConnector,
     Delivered,
     Delivery,
@@ -38,6 +39,8 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     error_for_status,
+    guarded_request,
+    json_or_none,
     retry_after_seconds,
 )
 
@@ -55,7 +58,7 @@ _ids = itertools.count(1)
 class OdooConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=8, max_length=300, description="The Odoo server, e.g. https://acme.odoo.com")
+    url: BaseUrl = Field(min_length=8, max_length=300, description="The Odoo server, e.g. https://acme.odoo.com")
     database: str = Field(min_length=1, max_length=100, description="The database name")
     login: str = Field(min_length=1, max_length=200, description="The API user's login")
     api_key: SecretStr = Field(description="An API key of that user (Preferences > Account Security)")
@@ -63,31 +66,19 @@ class OdooConfig(BaseModel):
         default="jsonrpc", description="jsonrpc (any Odoo) or json2 (Odoo 19 and later)"
     )
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("an http(s) URL")
-        return value.rstrip("/")
-
 
 class OdooTarget(BaseModel):
     product_template_id: int = Field(gt=0, description="The product.template record id")
 
 
-class OdooConnector(CRMConnector):
+class OdooConnector(CRMConnector[OdooConfig]):
     kind: ClassVar[str] = "odoo"
     title: ClassVar[str] = "Odoo (product image)"
     Config: ClassVar[type[BaseModel]] = OdooConfig
     Target: ClassVar[type[BaseModel]] = OdooTarget
 
-    @property
-    def _config(self) -> OdooConfig:
-        assert isinstance(self.config, OdooConfig)
-        return self.config
-
     async def test_connection(self) -> str:
-        config = self._config
+        config = self.config
         if config.protocol == "json2":
             count = await self._json2("search_count", {"domain": []}, "counting product templates")
             return f"{config.url} accepted the API key of {config.login} (JSON-2); {count} product templates"
@@ -102,7 +93,7 @@ class OdooConnector(CRMConnector):
             raise PermanentError(f"invalid Odoo target: {exc.errors()[0]['msg']}") from None
         if not delivery.assets:
             raise PermanentError("the delivery has no images")
-        config = self._config
+        config = self.config
         asset, *rest = delivery.assets
         image = base64.b64encode(await asset.read()).decode("ascii")
         record = target.product_template_id
@@ -122,7 +113,7 @@ class OdooConnector(CRMConnector):
     # -- JSON-RPC ------------------------------------------------------------------------------------------
 
     async def _authenticate(self) -> int:
-        config = self._config
+        config = self.config
         args = [config.database, config.login, config.api_key.get_secret_value(), {}]
         uid = await self._rpc("common", "authenticate", args, "the login")
         if not isinstance(uid, int) or isinstance(uid, bool) or uid <= 0:
@@ -130,7 +121,7 @@ class OdooConnector(CRMConnector):
         return uid
 
     async def _execute(self, uid: int, method: str, args: list[Any], what: str, *, record: int | None = None) -> Any:
-        config = self._config
+        config = self.config
         params = [config.database, uid, config.api_key.get_secret_value(), "product.template", method, args]
         return await self._rpc("object", "execute_kw", params, what, record=record)
 
@@ -141,8 +132,8 @@ class OdooConnector(CRMConnector):
             "id": next(_ids),
             "params": {"service": service, "method": method, "args": args},
         }
-        response = await self._send(f"{self._config.url}/jsonrpc", what, json=payload)
-        body = _json(response)
+        response = await self._send(f"{self.config.url}/jsonrpc", what, json=payload)
+        body = json_or_none(response)
         if response.status_code != 200 or not isinstance(body, dict):
             raise _http_error(response, what)
         if "error" in body:
@@ -156,7 +147,7 @@ class OdooConnector(CRMConnector):
     # -- JSON-2 --------------------------------------------------------------------------------------------
 
     async def _json2(self, method: str, body: dict[str, Any], what: str, *, record: int | None = None) -> Any:
-        config = self._config
+        config = self.config
         headers = {
             "Authorization": f"bearer {config.api_key.get_secret_value()}",
             "X-Odoo-Database": config.database,
@@ -164,8 +155,8 @@ class OdooConnector(CRMConnector):
         }
         response = await self._send(f"{config.url}/json/2/product.template/{method}", what, json=body, headers=headers)
         if response.status_code == 200:
-            return _json(response)
-        error = _json(response)
+            return json_or_none(response)
+        error = json_or_none(response)
         if isinstance(error, dict) and error.get("name"):  # Odoo's own error object: its exception decides
             exc = _odoo_error(str(error["name"]), str(error.get("message") or ""), what, record)
             exc.status = response.status_code
@@ -175,22 +166,14 @@ class OdooConnector(CRMConnector):
         raise _http_error(response, what)
 
     async def _send(self, url: str, what: str, **kwargs: Any) -> httpx.Response:
-        from gateway.common.outbound import FetchFailed
-        from policies.ssrf import UrlRefused
-
-        try:
-            return await self.http.request("POST", url, **kwargs)
-        except UrlRefused as exc:
-            raise PermanentError(f"{what}: the Odoo URL is not allowed: {exc.message}") from None
-        except FetchFailed as exc:
-            raise RetryableError(f"{what}: Odoo could not be reached: {exc.message}") from None
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
+        return await guarded_request(
+            self.http,
+            "POST",
+            url,
+            refused=f"{what}: the Odoo URL is not allowed",
+            unreachable=f"{what}: Odoo could not be reached",
+            **kwargs,
+        )
 
 
 def _odoo_error(name: str, text: str, what: str, record: int | None) -> DeliveryError:

@@ -1,7 +1,7 @@
 """S3 connector: stores each image as an object in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, R2, ...).
 
 * Deterministic keys: ``[<prefix>/]<key_template>``, by default ``assets/{system}/{yyyy}/{mm}/{asset_id}.{ext}``,
-  with the date read from the job id (see :func:`connectors.folder.job_time`), so a retried PUT overwrites the
+  with the date read from the job id (see :func:`connectors.paths.job_time`), so a retried PUT overwrites the
   object with the same bytes and metadata: harmless. The template must contain ``{asset_id}`` or ``{sha256}``, so
   two different images never share a key.
 * Each PUT sends ``Content-Type``, ``Content-MD5`` (the store refuses a body damaged in transit), user metadata and
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import (
     DAMConnector,
@@ -43,9 +43,12 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     error_for_status,
+    read_checked,
     retry_after_seconds,
+    split_http_url,
+    valid_target,
 )
-from connectors.folder import TEMPLATE_FIELDS, check_template, invalid_target, render_template
+from connectors.paths import TEMPLATE_FIELDS, check_template, render_template
 
 METADATA_BUDGET = 2048  # bytes of user metadata, S3's limit
 MAX_TAGS = 10
@@ -131,13 +134,7 @@ class S3Config(BaseModel):
         if value is None or not value.strip():
             return None
         value = value.strip().rstrip("/")
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            raise ValueError("not a valid URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
+        parts = split_http_url(value, problem="must be an http:// or https:// URL with a host")
         if "@" in parts.netloc or parts.path or parts.query or parts.fragment:
             raise ValueError("must be scheme://host[:port] only (no user info, path, query or fragment)")
         return value
@@ -287,14 +284,13 @@ def _tagging(tags: list[tuple[str, str]]) -> str:
     return "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in tags)
 
 
-class S3Connector(DAMConnector):
+class S3Connector(DAMConnector[S3Config]):
     """Stores each image in an S3-compatible bucket under a deterministic key; see the module docstring."""
 
     kind: ClassVar[str] = "s3"
     title: ClassVar[str] = "S3-compatible object storage"
     Config: ClassVar[type[BaseModel]] = S3Config
     Target: ClassVar[type[BaseModel]] = NoTarget
-    config: S3Config
 
     _boto: Any = None  # the boto3 client, made on first use (in a worker thread: it loads JSON models)
 
@@ -307,16 +303,11 @@ class S3Connector(DAMConnector):
         return f"bucket {self.config.bucket} at {self.endpoint} is reachable and the credentials are accepted"
 
     async def deliver(self, delivery: Delivery) -> Delivered:
-        try:
-            NoTarget.model_validate(delivery.target)
-        except ValidationError as exc:
-            raise invalid_target(exc) from None
+        valid_target(NoTarget, delivery)
         objects: list[dict[str, Any]] = []
         for asset in delivery.assets:
             key = self.key_for(delivery, asset)
-            data = await asset.read()
-            if hashlib.sha256(data).hexdigest() != asset.sha256:
-                raise PermanentError(f"the bytes of {asset.id} do not match their recorded sha256")
+            data = await read_checked(asset)
             md5 = base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode("ascii")
             answer = await self._call(
                 "put_object",

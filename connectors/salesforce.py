@@ -39,9 +39,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from connectors.base import (
+    BaseUrl,
     CRMConnector,
     Delivered,
     DeliveredAsset,
@@ -50,6 +51,8 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     error_for_status,
+    guarded_request,
+    json_or_none,
     retry_after_seconds,
 )
 
@@ -69,7 +72,7 @@ RETRYABLE_CODES = {"REQUEST_LIMIT_EXCEEDED", "SERVER_UNAVAILABLE", "UNABLE_TO_LO
 class SalesforceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    instance_url: str = Field(
+    instance_url: BaseUrl = Field(
         min_length=10,
         max_length=300,
         description="The org's My Domain URL, where the token is asked for (e.g. https://acme.my.salesforce.com)",
@@ -77,13 +80,6 @@ class SalesforceConfig(BaseModel):
     client_id: str = Field(min_length=1, max_length=300, description="The connected app's consumer key")
     client_secret: SecretStr = Field(description="The connected app's consumer secret")
     api_version: str = Field(default="v61.0", pattern=r"^v\d{2,3}\.0$", description="REST API version, e.g. v61.0")
-
-    @field_validator("instance_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("an http(s) URL")
-        return value.rstrip("/")
 
 
 class SalesforceTarget(BaseModel):
@@ -107,20 +103,15 @@ class Session:
     instance_url: str
 
 
-class SalesforceConnector(CRMConnector):
+class SalesforceConnector(CRMConnector[SalesforceConfig]):
     kind: ClassVar[str] = "salesforce"
     title: ClassVar[str] = "Salesforce (Files on a record)"
     Config: ClassVar[type[BaseModel]] = SalesforceConfig
     Target: ClassVar[type[BaseModel]] = SalesforceTarget
 
-    @property
-    def _config(self) -> SalesforceConfig:
-        assert isinstance(self.config, SalesforceConfig)
-        return self.config
-
     async def test_connection(self) -> str:
         session = await self._login()
-        return f"{self._config.instance_url} issued a token (client credentials); API at {session.instance_url}"
+        return f"{self.config.instance_url} issued a token (client credentials); API at {session.instance_url}"
 
     async def deliver(self, delivery: Delivery) -> Delivered:
         try:
@@ -132,7 +123,7 @@ class SalesforceConnector(CRMConnector):
             stored = delivery.external_id.split(",")
             return Delivered(
                 external_id=delivery.external_id,
-                url=self._record_url(self._config.instance_url, target.record_id),
+                url=self._record_url(self.config.instance_url, target.record_id),
                 detail={"content_version_ids": stored, "reused": stored, "record_id": target.record_id},
             )
         session = await self._login()
@@ -156,7 +147,7 @@ class SalesforceConnector(CRMConnector):
     # -- the calls -----------------------------------------------------------------------------------------
 
     async def _login(self) -> Session:
-        config = self._config
+        config = self.config
         response = await self._send(
             "POST",
             f"{config.instance_url}/services/oauth2/token",
@@ -168,7 +159,7 @@ class SalesforceConnector(CRMConnector):
             },
             headers={"Accept": "application/json"},
         )
-        body = _json(response)
+        body = json_or_none(response)
         if response.status_code == 200 and isinstance(body, dict) and body.get("access_token"):
             instance = str(body.get("instance_url") or config.instance_url).rstrip("/")
             if not instance.startswith(("https://", "http://")):
@@ -187,7 +178,7 @@ class SalesforceConnector(CRMConnector):
 
     async def _api(self, session: Session, method: str, path: str, what: str, **kwargs: Any) -> httpx.Response:
         """One REST call; a 401 gets a fresh token once (the session may have expired mid-delivery)."""
-        url = f"{session.instance_url}/services/data/{self._config.api_version}{path}"
+        url = f"{session.instance_url}/services/data/{self.config.api_version}{path}"
         for attempt in (1, 2):
             headers = {"Authorization": f"Bearer {session.token}", "Accept": "application/json"}
             response = await self._send(method, url, what, headers=headers, **kwargs)
@@ -195,7 +186,7 @@ class SalesforceConnector(CRMConnector):
                 return response
             fresh = await self._login()
             session.token, session.instance_url = fresh.token, fresh.instance_url
-            url = f"{session.instance_url}/services/data/{self._config.api_version}{path}"
+            url = f"{session.instance_url}/services/data/{self.config.api_version}{path}"
         raise AssertionError("unreachable")
 
     async def _find(self, session: Session, markers: list[str]) -> dict[str, str]:
@@ -207,7 +198,7 @@ class SalesforceConnector(CRMConnector):
             literals = ", ".join(soql_string(m) for m in group)  # escaped by soql_string
             soql = f"SELECT Id, Description FROM ContentVersion WHERE Description IN ({literals})"  # noqa: S608
             response = await self._api(session, "GET", "/query", "the SOQL query", params={"q": soql})
-            body = _json(response)
+            body = json_or_none(response)
             if response.status_code != 200 or not isinstance(body, dict):
                 raise _error(response, body, "the SOQL query for files of earlier attempts")
             for row in body.get("records") or []:
@@ -237,32 +228,24 @@ class SalesforceConnector(CRMConnector):
             }
         what = f"the upload of {asset.filename}"
         response = await self._api(session, "POST", "/sobjects/ContentVersion", what, **kwargs)
-        body = _json(response)
+        body = json_or_none(response)
         if response.status_code in (200, 201) and isinstance(body, dict) and body.get("id"):
             return str(body["id"])
         raise _error(response, body, what, record_id=record_id)
 
     async def _send(self, method: str, url: str, what: str, **kwargs: Any) -> httpx.Response:
-        from gateway.common.outbound import FetchFailed
-        from policies.ssrf import UrlRefused
-
-        try:
-            return await self.http.request(method, url, **kwargs)
-        except UrlRefused as exc:
-            raise PermanentError(f"{what}: the Salesforce URL is not allowed: {exc.message}") from None
-        except FetchFailed as exc:
-            raise RetryableError(f"{what}: Salesforce could not be reached: {exc.message}") from None
+        return await guarded_request(
+            self.http,
+            method,
+            url,
+            refused=f"{what}: the Salesforce URL is not allowed",
+            unreachable=f"{what}: Salesforce could not be reached",
+            **kwargs,
+        )
 
     @staticmethod
     def _record_url(instance_url: str, record_id: str) -> str:
         return f"{instance_url}/lightning/r/{record_id}/view"
-
-
-def _json(response: httpx.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
 
 
 def _error(response: httpx.Response, body: Any, what: str, *, record_id: str | None = None) -> DeliveryError:

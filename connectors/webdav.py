@@ -28,10 +28,10 @@ import importlib
 import re
 import xml.etree.ElementTree as ET
 from typing import Any, ClassVar, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from connectors.base import (
     DAMConnector,
@@ -42,14 +42,17 @@ from connectors.base import (
     PermanentError,
     RetryableError,
     error_for_status,
+    guarded_request,
+    read_checked,
     retry_after_seconds,
+    split_http_url,
+    valid_target,
 )
-from connectors.folder import (
+from connectors.paths import (
     TEMPLATE_FIELDS,
+    Subfolder,
     alternate_name,
-    check_subfolder,
     check_template,
-    invalid_target,
     render_template,
     template_values,
 )
@@ -121,13 +124,7 @@ class WebDAVConfig(BaseModel):
     @classmethod
     def _base_url(cls, value: str) -> str:
         value = value.strip()
-        try:
-            parts = urlsplit(value)
-            parts.port  # noqa: B018 - raises ValueError for a bad port
-        except ValueError:
-            raise ValueError("not a valid URL") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError("must be an http:// or https:// URL")
+        parts = split_http_url(value)
         if "@" in parts.netloc:
             raise ValueError("must not contain a user name or password: use the username and password fields")
         if parts.query or parts.fragment:
@@ -158,16 +155,11 @@ class WebDAVTarget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    subfolder: str | None = Field(
+    subfolder: Subfolder = Field(
         default=None,
         description="Optional folder under the folder template (e.g. 'campaigns/summer'); plain names only.",
         max_length=200,
     )
-
-    @field_validator("subfolder")
-    @classmethod
-    def _subfolder(cls, value: str | None) -> str | None:
-        return check_subfolder(value)
 
 
 def _propfind_body(*props: tuple[str, str]) -> bytes:
@@ -206,32 +198,31 @@ def _local(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-class WebDAVConnector(DAMConnector):
+class WebDAVConnector(DAMConnector[WebDAVConfig]):
     """Uploads each image to a WebDAV folder and sets its metadata properties; see the module docstring."""
 
     kind: ClassVar[str] = "webdav"
     title: ClassVar[str] = "WebDAV folder"
     Config: ClassVar[type[BaseModel]] = WebDAVConfig
     Target: ClassVar[type[BaseModel]] = WebDAVTarget
-    config: WebDAVConfig
 
     # -- HTTP through the guarded client ------------------------------------------------------------------------
 
     async def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        from gateway.common.outbound import FetchFailed
-        from policies.ssrf import UrlRefused
-
         headers: dict[str, str] = dict(kwargs.pop("headers", {}))
         if self.config.username:
             secret = self.config.password.get_secret_value() if self.config.password else ""
             token = base64.b64encode(f"{self.config.username}:{secret}".encode()).decode("ascii")
             headers["Authorization"] = f"Basic {token}"
-        try:
-            return await self.http.request(method, url, headers=headers, **kwargs)
-        except UrlRefused as exc:
-            raise PermanentError(f"WebDAV {method} refused: {exc.message}") from None
-        except FetchFailed as exc:
-            raise RetryableError(f"WebDAV {method}: {exc.message}") from None
+        return await guarded_request(
+            self.http,
+            method,
+            url,
+            refused=f"WebDAV {method} refused",
+            unreachable=f"WebDAV {method}",
+            headers=headers,
+            **kwargs,
+        )
 
     def _fail(self, method: str, response: httpx.Response, what: str) -> DeliveryError:
         status = response.status_code
@@ -266,10 +257,7 @@ class WebDAVConnector(DAMConnector):
         return f"PROPFIND on {self.config.base_url}{who}: a WebDAV folder"
 
     async def deliver(self, delivery: Delivery) -> Delivered:
-        try:
-            target = WebDAVTarget.model_validate(delivery.target)
-        except ValidationError as exc:
-            raise invalid_target(exc) from None
+        target = valid_target(WebDAVTarget, delivery)
         created: set[str] = set()
         files: list[dict[str, Any]] = []
         for asset in delivery.assets:
@@ -277,9 +265,7 @@ class WebDAVConnector(DAMConnector):
             if target.subfolder:
                 folder += target.subfolder.split("/")
             name = template_values(delivery, asset)["filename"]
-            data = await asset.read()
-            if hashlib.sha256(data).hexdigest() != asset.sha256:
-                raise PermanentError(f"the bytes of {asset.id} do not match their recorded sha256")
+            data = await read_checked(asset)
             name, uploaded = await self._upload(folder, name, asset, data, created)
             url = self._url([*folder, name])
             await self._set_properties(url, delivery, asset)

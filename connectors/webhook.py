@@ -14,7 +14,15 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from standardwebhooks.webhooks import Webhook
 
-from connectors.base import Delivered, Delivery, PermanentError, RetryableError, WebhookConnector, retry_after_seconds
+from connectors.base import (
+    Delivered,
+    Delivery,
+    EndpointUrl,
+    PermanentError,
+    RetryableError,
+    WebhookConnector,
+    retry_after_seconds,
+)
 from gateway.common.time import utcnow
 
 
@@ -32,20 +40,13 @@ def _secret(value: SecretStr | None) -> SecretStr | None:
 class WebhookConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: str = Field(min_length=8, max_length=2000, description="The receiver's URL (https:// in production)")
+    url: EndpointUrl = Field(min_length=8, max_length=2000, description="The receiver's URL (https:// in production)")
     secret: SecretStr = Field(description="Signing secret, `whsec_` + base64 (Standard Webhooks)")
     previous_secret: SecretStr | None = Field(
         default=None, description="While rotating: the old secret; both signatures are sent until it is removed"
     )
 
     _check_secret = field_validator("secret", "previous_secret")(_secret)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("an http(s) URL")
-        return value
 
 
 _METADATA = ("record_id", "role", "template", "recipe", "status", "error")
@@ -88,26 +89,21 @@ def sign(secrets: list[str], message_id: str, timestamp: int, body: str) -> str:
     return " ".join(Webhook(secret).sign(message_id, when, body) for secret in secrets)
 
 
-class StandardWebhook(WebhookConnector):
+class StandardWebhook(WebhookConnector[WebhookConfig]):
     kind: ClassVar[str] = "webhook"
     title: ClassVar[str] = "Webhook (Standard Webhooks signature)"
     Config: ClassVar[type[BaseModel]] = WebhookConfig
 
     async def test_connection(self) -> str:
-        config = self._config
+        config = self.config
         body = json.dumps({"type": "imagegate.ping", "timestamp": utcnow().isoformat()}, separators=(",", ":"))
         await self._post(config, "ping_" + utcnow().strftime("%Y%m%d%H%M%S%f"), body)
         return f"{config.url} accepted a signed ping"
 
     async def deliver(self, delivery: Delivery) -> Delivered:
         body = json.dumps(payload(delivery), ensure_ascii=False, separators=(",", ":"))
-        status = await self._post(self._config, delivery.idempotency_key, body)
+        status = await self._post(self.config, delivery.idempotency_key, body)
         return Delivered(external_id=delivery.idempotency_key, detail={"status": status})
-
-    @property
-    def _config(self) -> WebhookConfig:
-        assert isinstance(self.config, WebhookConfig)
-        return self.config
 
     async def _post(self, config: WebhookConfig, message_id: str, body: str) -> int:
         timestamp = int(utcnow().timestamp())

@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from PIL import Image, UnidentifiedImageError
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from connectors.base import (
+    TITLE_FIELDS,
+    BaseUrl,
     Delivered,
     DeliveredAsset,
     Delivery,
@@ -39,10 +41,9 @@ from connectors.base import (
     OAConnector,
     PermanentError,
     RetryableError,
-    error_for_status,
-    retry_after_seconds,
+    TitleTemplate,
 )
-from connectors.dingtalk import TITLE_FIELDS, check_template, link, plain, title
+from connectors.dingtalk import errcode_answer, link, plain, title
 
 DEFAULT_BASE = "https://qyapi.weixin.qq.com"
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
@@ -111,29 +112,17 @@ class Prepared:
 class WeComConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    base_url: str = Field(default=DEFAULT_BASE, max_length=2000, description="WeCom API base URL")
+    base_url: BaseUrl = Field(default=DEFAULT_BASE, max_length=2000, description="WeCom API base URL")
     key: SecretStr = Field(description="The robot's webhook key (the key= of its webhook URL)")
     send_text: bool = Field(default=True, description="Send a markdown message with the record before the images")
     max_images: int = Field(
         default=4, ge=0, le=10, description="Images sent as image messages (the rest are links in the markdown)"
     )
-    title_template: str | None = Field(
+    title_template: TitleTemplate = Field(
         default=None,
         max_length=200,
         description="Markdown heading (placeholders: " + ", ".join(sorted(TITLE_FIELDS)) + ")",
     )
-
-    @field_validator("base_url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("https://", "http://")):
-            raise ValueError("an http(s) URL")
-        return value.rstrip("/")
-
-    @field_validator("title_template")
-    @classmethod
-    def _template(cls, value: str | None) -> str | None:
-        return check_template(value)
 
 
 def markdown(delivery: Delivery, heading: str, shown: int) -> str:
@@ -164,22 +153,17 @@ def markdown(delivery: Delivery, heading: str, shown: int) -> str:
     return body + "\n" + note
 
 
-class WeComConnector(OAConnector):
+class WeComConnector(OAConnector[WeComConfig]):
     kind: ClassVar[str] = "wecom"
     title: ClassVar[str] = "WeCom group robot"
     Config: ClassVar[type[BaseModel]] = WeComConfig
-
-    @property
-    def _config(self) -> WeComConfig:
-        assert isinstance(self.config, WeComConfig)
-        return self.config
 
     async def test_connection(self) -> str:
         await self._send({"msgtype": "text", "text": {"content": "Imagegate: connection test"}}, sent=0)
         return "WeCom accepted the webhook key; a test message was sent to the group"
 
     async def deliver(self, delivery: Delivery) -> Delivered:
-        config = self._config
+        config = self.config
         chosen = delivery.assets[: config.max_images]
         prepared = [await self._prepare(asset) for asset in chosen]  # before sending anything: fail early
         messages: list[dict[str, Any]] = []
@@ -215,7 +199,7 @@ class WeComConnector(OAConnector):
         from gateway.common.outbound import FetchFailed
         from policies.ssrf import UrlRefused
 
-        config = self._config
+        config = self.config
         url = f"{config.base_url}/cgi-bin/webhook/send"
         already = f" ({sent} message(s) of this delivery were sent before; a retry sends them again)" if sent else ""
         try:
@@ -224,19 +208,7 @@ class WeComConnector(OAConnector):
             raise PermanentError(f"the WeCom URL is not allowed: {exc}") from None
         except FetchFailed as exc:
             raise RetryableError(f"WeCom could not be reached: {exc.message}{already}") from None
-        if response.status_code != 200:
-            error = error_for_status(
-                response.status_code,
-                f"WeCom answered HTTP {response.status_code}{already}",
-                retry_after_seconds(response.headers.get("retry-after")),
-            )
-            raise error
-        try:
-            answer = response.json()
-            errcode = int(answer["errcode"])
-            errmsg = str(answer.get("errmsg", ""))[:300]
-        except (ValueError, TypeError, KeyError, AttributeError):
-            raise RetryableError(f"WeCom answered something that is not its JSON{already}", status=200) from None
+        errcode, errmsg = errcode_answer(response, "WeCom", already)
         if errcode != 0:
             raise error_for_errcode(errcode, errmsg, already)
 

@@ -44,15 +44,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import json
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+from gateway.emulators.vendor import RateWindow, json_object, serve_received
 
 DEFAULT_TOKEN = "dingtalk-emulator-token"  # noqa: S105 - the emulator's default, not a credential
 DEFAULT_SECRET = "SECdingtalk-emulator-secret"  # noqa: S105
@@ -80,34 +80,6 @@ def sign(timestamp_ms: int | str, secret: str) -> str:
     return base64.b64encode(digest).decode()
 
 
-class RateWindow:
-    """At most ``limit`` events per ``seconds`` over a sliding window (the robots' per-minute limits)."""
-
-    def __init__(self, limit: int, seconds: float, clock: Callable[[], float]) -> None:
-        self.limit, self.seconds, self.clock = limit, seconds, clock
-        self._events: deque[float] = deque()
-
-    def full(self) -> bool:
-        """Whether the window has no room for another event now."""
-        now = self.clock()
-        while self._events and self._events[0] <= now - self.seconds:
-            self._events.popleft()
-        return self.limit > 0 and len(self._events) >= self.limit
-
-    def add(self) -> None:
-        self._events.append(self.clock())
-
-    def allow(self) -> bool:
-        """Record one event if the window has room; False (and nothing recorded) when it is full."""
-        if self.full():
-            return False
-        self.add()
-        return True
-
-    def clear(self) -> None:
-        self._events.clear()
-
-
 def _answer(errcode: int, errmsg: str) -> JSONResponse:
     return JSONResponse({"errcode": errcode, "errmsg": errmsg})
 
@@ -128,9 +100,14 @@ def create_app(
     app = FastAPI(title="DingTalk custom robot (emulator)", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.access_token = access_token
     app.state.secret = secret
-    app.state.received = []
     app.state.uuids = set()
     window = RateWindow(rate_limit, 60.0, clock)
+
+    def forget() -> None:
+        app.state.uuids.clear()
+        window.clear()
+
+    serve_received(app, forget)
 
     @app.get("/robot/send")
     async def send_get() -> JSONResponse:
@@ -153,11 +130,8 @@ def create_app(
                 return _answer(310000, SIGN_NOT_MATCH)
         if "json" not in request.headers.get("content-type", "").lower():
             return _answer(43004, "无效的HTTP HEADER Content-Type")
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return _answer(40035, "缺少参数 json")
-        if not isinstance(body, dict):
+        body = await json_object(request)
+        if body is None:
             return _answer(40035, "缺少参数 json")
         msgtype = body.get("msgtype")
         if not msgtype:
@@ -183,17 +157,6 @@ def create_app(
             {"robot": token, "msgtype": msgtype, "body": body, "msgUuid": uuid, "received_at": clock()}
         )
         return _answer(0, "ok")
-
-    @app.get("/_emulator/received")
-    async def received() -> dict[str, Any]:
-        return {"received": app.state.received}
-
-    @app.delete("/_emulator/received")
-    async def forget() -> dict[str, Any]:
-        app.state.received.clear()
-        app.state.uuids.clear()
-        window.clear()
-        return {"received": []}
 
     return app
 

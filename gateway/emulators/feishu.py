@@ -45,7 +45,6 @@ import base64
 import hashlib
 import hmac
 import io
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -56,7 +55,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
-from gateway.emulators.dingtalk import RateWindow
+from gateway.emulators.vendor import RateWindow, json_object
 
 DEFAULT_HOOK_TOKEN = "feishu-emulator-hook"  # noqa: S105 - emulator defaults, not credentials
 DEFAULT_SECRET = "feishu-emulator-secret"  # noqa: S105
@@ -148,11 +147,8 @@ def create_app(
 
     @app.post("/open-apis/auth/v3/tenant_access_token/internal")
     async def tenant_access_token(request: Request) -> JSONResponse:
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            body = None
-        if not isinstance(body, dict) or not body.get("app_id") or not body.get("app_secret"):
+        body = await json_object(request)
+        if body is None or not body.get("app_id") or not body.get("app_secret"):
             return JSONResponse({"code": 10003, "msg": "invalid param"})
         if str(body["app_id"]) != app_id:
             return JSONResponse({"code": 10014, "msg": "app id not exists"})
@@ -200,11 +196,8 @@ def create_app(
     async def hook(token: str, request: Request) -> JSONResponse:
         if not secrets.compare_digest(token.encode(), hook_token.encode()):
             return _hook_answer(19001, TOKEN_INVALID)
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return _hook_answer(9499, "Bad Request")
-        if not isinstance(body, dict):
+        body = await json_object(request)
+        if body is None:
             return _hook_answer(9499, "Bad Request")
         if secret is not None:
             timestamp = str(body.get("timestamp", ""))

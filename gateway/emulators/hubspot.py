@@ -44,7 +44,7 @@ uploads are our reading of answers quoted in public threads (assumed). Duplicate
 makes a duplicate).
 
 Inspection (not part of HubSpot): ``GET /_emulator/received``, ``GET /_emulator/state`` (files, products,
-duplicates), ``POST /_emulator/faults`` (see :mod:`gateway.emulators.salesforce`).
+duplicates), ``POST /_emulator/faults`` (see :mod:`gateway.emulators.vendor`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 from starlette.datastructures import UploadFile
 
-from gateway.emulators.salesforce import Fault, Faults, fault_from
+from gateway.emulators.vendor import add_faults, log_requests
 
 DEFAULT_TOKEN = "pat-na1-imagegate-emulator"  # noqa: S105 - the emulator's well-known test token
 DEFAULT_PRODUCTS = ("1001", "1002", "1003")
@@ -252,35 +252,21 @@ def create_app(
         properties=list(properties) if properties is not None else [p[0] for p in PRODUCT_PROPERTIES],
     )
     window = RateWindow(rate_limit, clock)
-    faults: list[Fault] = []
     app.state.portal = portal
-    app.state.received = []
-    app.state.faults = faults
-    app.add_middleware(Faults, faults=faults)
-
-    def record(request: Request, **details: Any) -> None:
-        app.state.received.append(
-            {
-                "method": request.method,
-                "path": request.url.path,
-                "query": dict(request.query_params),
-                "content_type": request.headers.get("content-type", ""),
-                "received_at": clock(),
-                **details,
-            }
-        )
+    add_faults(app)
+    record = log_requests(app, clock)
 
     def base(request: Request) -> str:
         return str(request.base_url).rstrip("/")
 
-    def gate(request: Request, scope: str) -> tuple[str | None, JSONResponse | None]:
+    def gate(request: Request, scope: str) -> str | JSONResponse:
         """The caller's token, or the answer that refuses it (401, 403, 429)."""
         kind, _, token = request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if kind.lower() != "bearer" or token not in scopes:
-            return None, hs_error(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE)
+            return hs_error(401, "INVALID_AUTHENTICATION", AUTH_MESSAGE)
         if scope not in scopes[token]:
-            return None, hs_error(
+            return hs_error(
                 403,
                 "MISSING_SCOPES",
                 "This app hasn't been granted all required scopes to make this call. Read more about required "
@@ -305,8 +291,8 @@ def create_app(
                 status_code=429,
             )
             response.headers.update(window.headers(token))
-            return None, response
-        return token, None
+            return response
+        return token
 
     def answer(token: str, body: Any, status: int = 200) -> JSONResponse:
         response = JSONResponse(body, status_code=status)
@@ -328,10 +314,10 @@ def create_app(
 
     @app.post("/files/v3/files")
     async def upload(request: Request) -> Response:
-        token, refused = gate(request, "files")
-        if refused is not None or token is None:
-            record(request, outcome=refused.status_code if refused else None)
-            return refused  # type: ignore[return-value]
+        token = gate(request, "files")
+        if isinstance(token, JSONResponse):
+            record(request, outcome=token.status_code)
+            return token
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             record(request, outcome=415)
             return hs_error(415, "VALIDATION_ERROR", "Content-Type must be multipart/form-data")
@@ -411,10 +397,10 @@ def create_app(
 
     @app.get("/files/v3/files/search")
     async def search(request: Request) -> Response:
-        token, refused = gate(request, "files")
+        token = gate(request, "files")
         record(request)
-        if refused is not None or token is None:
-            return refused  # type: ignore[return-value]
+        if isinstance(token, JSONResponse):
+            return token
         q = request.query_params
         try:
             limit = min(100, max(1, int(q.get("limit", "10"))))
@@ -442,10 +428,10 @@ def create_app(
 
     @app.get("/files/v3/files/{file_id}")
     async def get_file(file_id: str, request: Request) -> Response:
-        token, refused = gate(request, "files")
+        token = gate(request, "files")
         record(request)
-        if refused is not None or token is None:
-            return refused  # type: ignore[return-value]
+        if isinstance(token, JSONResponse):
+            return token
         found = portal.files.get(file_id)
         if found is None:
             return hs_error(404, "OBJECT_NOT_FOUND", f"File {file_id} does not exist")
@@ -463,11 +449,11 @@ def create_app(
 
     @app.patch("/crm/v3/objects/products/{product_id}")
     async def update_product(product_id: str, request: Request) -> Response:
-        token, refused = gate(request, "e-commerce")
+        token = gate(request, "e-commerce")
         raw = await request.body()
         record(request, body=raw.decode("utf-8", "replace")[:2000])
-        if refused is not None or token is None:
-            return refused  # type: ignore[return-value]
+        if isinstance(token, JSONResponse):
+            return token
         try:
             body = json.loads(raw)
         except ValueError as exc:
@@ -501,10 +487,10 @@ def create_app(
 
     @app.get("/crm/v3/objects/products/{product_id}")
     async def read_product(product_id: str, request: Request) -> Response:
-        token, refused = gate(request, "e-commerce")
+        token = gate(request, "e-commerce")
         record(request)
-        if refused is not None or token is None:
-            return refused  # type: ignore[return-value]
+        if isinstance(token, JSONResponse):
+            return token
         if product_id not in portal.products:
             return hs_error(404, "OBJECT_NOT_FOUND", "resource not found")
         wanted = [p for v in request.query_params.getlist("properties") for p in v.split(",") if p] or None
@@ -512,10 +498,10 @@ def create_app(
 
     @app.get("/crm/v3/properties/products")
     async def list_properties(request: Request) -> Response:
-        token, refused = gate(request, "e-commerce")
+        token = gate(request, "e-commerce")
         record(request)
-        if refused is not None or token is None:
-            return refused  # type: ignore[return-value]
+        if isinstance(token, JSONResponse):
+            return token
         known = {p[0]: p for p in PRODUCT_PROPERTIES}
         results = []
         for order, name in enumerate(portal.properties):
@@ -545,11 +531,7 @@ def create_app(
             )
         return answer(token, {"results": results})
 
-    # -- inspection (not part of HubSpot) -------------------------------------------------------------------
-
-    @app.get("/_emulator/received")
-    async def received() -> dict[str, Any]:
-        return {"received": app.state.received}
+    # -- inspection (not part of HubSpot; /_emulator/received and /_emulator/faults: gateway.emulators.vendor) -----
 
     @app.get("/_emulator/state")
     async def state(request: Request) -> dict[str, Any]:
@@ -559,11 +541,6 @@ def create_app(
             "uploads": portal.uploads,
             "duplicates": portal.duplicates(),
         }
-
-    @app.post("/_emulator/faults")
-    async def add_fault(request: Request) -> dict[str, int]:
-        faults.append(fault_from(await request.json()))
-        return {"faults": len(faults)}
 
     return app
 

@@ -35,7 +35,7 @@ MissingError message (Odoo words it by version), the unknown-database error text
 exceptions in JSON-2 are assumed.
 
 Inspection (not part of Odoo): ``GET /_emulator/received``, ``GET /_emulator/state`` (products, their image's
-sha256 and size, writes), ``POST /_emulator/faults`` (see :mod:`gateway.emulators.salesforce`).
+sha256 and size, writes), ``POST /_emulator/faults`` (see :mod:`gateway.emulators.vendor`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from PIL import Image, UnidentifiedImageError
 
-from gateway.emulators.salesforce import Fault, Faults, fault_from
+from gateway.emulators.vendor import add_faults, log_requests
 
 DEFAULT_DATABASE = "imagegate"
 DEFAULT_LOGIN = "admin"
@@ -133,17 +133,10 @@ def create_app(
     ``json2=False`` is an Odoo before 19 (no ``/json/2``)."""
     app = FastAPI(title="Odoo external API (emulator)", docs_url=None, redoc_url=None, openapi_url=None)
     templates: dict[int, dict[str, Any]] = {int(p): {"name": f"Product {p}", "image_1920": None} for p in products}
-    faults: list[Fault] = []
     app.state.products = templates
     app.state.writes = []
-    app.state.received = []
-    app.state.faults = faults
-    app.add_middleware(Faults, faults=faults)
-
-    def record(request: Request, **details: Any) -> None:
-        app.state.received.append(
-            {"method": request.method, "path": request.url.path, "received_at": clock(), **details}
-        )
+    add_faults(app)
+    record = log_requests(app, clock, ("method", "path"))
 
     def check_db(db: Any) -> None:
         if db != database:
@@ -338,11 +331,7 @@ def create_app(
                 return JSONResponse(exc.data(), status_code=exc.status)
             return JSONResponse(result)
 
-    # -- inspection (not part of Odoo) ----------------------------------------------------------------------
-
-    @app.get("/_emulator/received")
-    async def received() -> dict[str, Any]:
-        return {"received": app.state.received}
+    # -- inspection (not part of Odoo; /_emulator/received and /_emulator/faults: gateway.emulators.vendor) --------
 
     @app.get("/_emulator/state")
     async def state() -> dict[str, Any]:
@@ -357,11 +346,6 @@ def create_app(
             },
             "writes": app.state.writes,
         }
-
-    @app.post("/_emulator/faults")
-    async def add_fault(request: Request) -> dict[str, int]:
-        faults.append(fault_from(await request.json()))
-        return {"faults": len(faults)}
 
     return app
 

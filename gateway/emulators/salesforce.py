@@ -61,11 +61,13 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+
+from gateway.emulators.vendor import add_faults, log_requests
 
 DEFAULT_CLIENT_ID = "3MVG9imagegate.emulator"
 DEFAULT_CLIENT_SECRET = "imagegate-emulator-secret"  # noqa: S105 - the emulator's well-known test secret
@@ -135,70 +137,6 @@ def sf_error(status: int, code: str, message: str, fields: list[str] | None = No
 
 def oauth_error(error: str, description: str) -> JSONResponse:
     return JSONResponse({"error": error, "error_description": description}, status_code=400)
-
-
-# -- faults and lost answers (shared shape across the vendor emulators) ----------------------------------------
-
-
-@dataclass
-class Fault:
-    """What the next ``times`` requests whose path contains ``path`` (and whose method is ``method``, when given)
-    get instead of the real answer."""
-
-    status: int = 503
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    times: int = 1
-    path: str = ""
-    method: str = ""
-    lose: bool = False  # process the request, then drop the connection before the answer's body
-    after: int = 0  # let this many matching requests through first
-
-
-class Faults:
-    """ASGI middleware: answers injected faults, or loses the answer of a request that was carried out."""
-
-    def __init__(self, app: Any, faults: list[Fault]) -> None:
-        self.app = app
-        self.faults = faults
-
-    def _take(self, method: str, path: str) -> Fault | None:
-        for fault in self.faults:
-            if fault.path in path and fault.method.upper() in ("", method):
-                if fault.after > 0:
-                    fault.after -= 1
-                    continue
-                fault.times -= 1
-                if fault.times <= 0:
-                    self.faults.remove(fault)
-                return fault
-        return None
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        path = scope.get("path", "")
-        vendor = scope["type"] == "http" and not path.startswith("/_emulator")
-        fault = self._take(scope.get("method", ""), path) if vendor else None
-        if fault is None:
-            await self.app(scope, receive, send)
-            return
-        if fault.lose:
-
-            async def start_only(message: dict[str, Any]) -> None:
-                if message["type"] == "http.response.start":
-                    await send(message)  # the status line and a Content-Length, then nothing: the body is lost
-
-            await self.app(scope, receive, start_only)
-            return
-        body = json.dumps(fault.body).encode() if fault.body is not None else b""
-        headers = [(k.lower().encode(), v.encode()) for k, v in fault.headers.items()]
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": fault.status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
-
-
-def fault_from(payload: dict[str, Any]) -> Fault:
-    known = {"status", "body", "headers", "times", "path", "method", "lose", "after"}
-    return Fault(**{k: v for k, v in payload.items() if k in known})
 
 
 # -- SOQL: the small, strict subset a connector needs ----------------------------------------------------------
@@ -463,24 +401,10 @@ def create_app(
     app = FastAPI(title="Salesforce REST API (emulator)", docs_url=None, redoc_url=None, openapi_url=None)
     org = Org(products)
     tokens: dict[str, float] = {}  # access token -> issued at
-    faults: list[Fault] = []
     app.state.org = org
     app.state.tokens = tokens
-    app.state.received = []
-    app.state.faults = faults
-    app.add_middleware(Faults, faults=faults)
-
-    def record(request: Request, **details: Any) -> None:
-        app.state.received.append(
-            {
-                "method": request.method,
-                "path": request.url.path,
-                "query": dict(request.query_params),
-                "content_type": request.headers.get("content-type", ""),
-                "received_at": clock(),
-                **details,
-            }
-        )
+    add_faults(app)
+    record = log_requests(app, clock)
 
     def authorized(request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -498,6 +422,15 @@ def create_app(
 
     def not_found() -> JSONResponse:
         return sf_error(404, "NOT_FOUND", "The requested resource does not exist")
+
+    def refusal(version: str, request: Request) -> JSONResponse | None:
+        """The answer refusing a call to an unknown API version, or without a valid session (logged), if any."""
+        if not version_ok(version):
+            return not_found()
+        if not authorized(request):
+            record(request, outcome="INVALID_SESSION_ID")
+            return invalid_session()
+        return None
 
     @app.post("/services/oauth2/token")
     async def token(request: Request) -> Response:
@@ -528,11 +461,9 @@ def create_app(
     @app.post("/services/data/{version}/sobjects/ContentVersion")
     @app.post("/services/data/{version}/sobjects/ContentVersion/")
     async def insert(version: str, request: Request) -> Response:
-        if not version_ok(version):
-            return not_found()
-        if not authorized(request):
-            record(request, outcome="INVALID_SESSION_ID")
-            return invalid_session()
+        refused = refusal(version, request)
+        if refused is not None:
+            return refused
         content_type = request.headers.get("content-type", "")
         if content_type.startswith("multipart/"):
             form = await request.form()
@@ -678,16 +609,21 @@ def create_app(
         wanted = canonical_id(version_id)[:15]
         return next((v for v in org.versions.values() if v.id[:15] == wanted), None)
 
-    @app.get("/services/data/{version}/sobjects/ContentVersion/{version_id}")
-    async def read(version: str, version_id: str, request: Request) -> Response:
+    def stored(version: str, version_id: str, request: Request) -> ContentVersion | JSONResponse:
+        """The ContentVersion a read asks for, or the answer refusing it (unknown API version or id, no session)."""
         if not version_ok(version):
             return not_found()
         if not authorized(request):
             return invalid_session()
         record(request)
         found = find(version_id)
-        if found is None:
-            return not_found()
+        return not_found() if found is None else found
+
+    @app.get("/services/data/{version}/sobjects/ContentVersion/{version_id}")
+    async def read(version: str, version_id: str, request: Request) -> Response:
+        found = stored(version, version_id, request)
+        if isinstance(found, Response):
+            return found
         url = f"/services/data/{version}/sobjects/ContentVersion/{found.id}"
         return JSONResponse(
             {
@@ -699,24 +635,17 @@ def create_app(
 
     @app.get("/services/data/{version}/sobjects/ContentVersion/{version_id}/VersionData")
     async def blob(version: str, version_id: str, request: Request) -> Response:
-        if not version_ok(version):
-            return not_found()
-        if not authorized(request):
-            return invalid_session()
-        record(request)
-        found = find(version_id)
-        if found is None:
-            return not_found()
+        found = stored(version, version_id, request)
+        if isinstance(found, Response):
+            return found
         return Response(found.data, media_type="application/octetstream")
 
     @app.get("/services/data/{version}/query")
     @app.get("/services/data/{version}/query/")
     async def query(version: str, request: Request) -> Response:
-        if not version_ok(version):
-            return not_found()
-        if not authorized(request):
-            record(request, outcome="INVALID_SESSION_ID")
-            return invalid_session()
+        refused = refusal(version, request)
+        if refused is not None:
+            return refused
         text = request.query_params.get("q")
         record(request)
         if not text:
@@ -737,11 +666,7 @@ def create_app(
             rows = rows[: parsed.limit]
         return JSONResponse({"totalSize": len(rows), "done": True, "records": rows})
 
-    # -- inspection (not part of Salesforce) ----------------------------------------------------------------
-
-    @app.get("/_emulator/received")
-    async def received() -> dict[str, Any]:
-        return {"received": app.state.received}
+    # -- inspection (not part of Salesforce; /_emulator/received and /_emulator/faults: gateway.emulators.vendor) ---
 
     @app.get("/_emulator/state")
     async def state() -> dict[str, Any]:
@@ -762,11 +687,6 @@ def create_app(
         count = len(tokens)
         tokens.clear()
         return {"expired": count}
-
-    @app.post("/_emulator/faults")
-    async def add_fault(request: Request) -> dict[str, int]:
-        faults.append(fault_from(await request.json()))
-        return {"faults": len(faults)}
 
     return app
 

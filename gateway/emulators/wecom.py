@@ -37,7 +37,6 @@ import base64
 import binascii
 import hashlib
 import io
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -47,7 +46,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 
-from gateway.emulators.dingtalk import RateWindow
+from gateway.emulators.vendor import RateWindow, json_object, serve_received
 
 DEFAULT_KEY = "3f1c2e4a-5b6d-4e7f-8a9b-0c1d2e3f4a5b"
 MAX_IMAGE_BYTES = 2 * 1024 * 1024
@@ -59,9 +58,14 @@ IMAGE_FORMATS = {"JPEG", "PNG"}
 def create_app(key: str = DEFAULT_KEY, *, rate_limit: int = 20, clock: Callable[[], float] = time.time) -> FastAPI:
     """One WeCom group robot whose webhook key is ``key``."""
     app = FastAPI(title="WeCom group robot (emulator)", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.received = []
     app.state.images = []  # the raw bytes of every accepted image, in order
     window = RateWindow(rate_limit, 60.0, clock)
+
+    def forget() -> None:
+        app.state.images.clear()
+        window.clear()
+
+    serve_received(app, forget)
 
     def answer(request: Request, errcode: int, errmsg: str) -> JSONResponse:
         if errcode == 0:
@@ -78,11 +82,8 @@ def create_app(key: str = DEFAULT_KEY, *, rate_limit: int = 20, clock: Callable[
         given = request.query_params.get("key", "")
         if not given or not secrets.compare_digest(given.encode(), key.encode()):
             return answer(request, 93000, "invalid webhook url")
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError):
-            return answer(request, 40058, "invalid parameter, request body is not json")
-        if not isinstance(body, dict):
+        body = await json_object(request)
+        if body is None:
             return answer(request, 40058, "invalid parameter, request body is not json")
         msgtype = body.get("msgtype")
         if msgtype not in MSG_TYPES:
@@ -134,17 +135,6 @@ def create_app(key: str = DEFAULT_KEY, *, rate_limit: int = 20, clock: Callable[
         if msgtype == "image":
             app.state.images.append(data)
         return answer(request, 0, "ok")
-
-    @app.get("/_emulator/received")
-    async def received() -> dict[str, Any]:
-        return {"received": app.state.received}
-
-    @app.delete("/_emulator/received")
-    async def forget() -> dict[str, Any]:
-        app.state.received.clear()
-        app.state.images.clear()
-        window.clear()
-        return {"received": []}
 
     return app
 

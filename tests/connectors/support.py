@@ -1,16 +1,20 @@
-"""Deliveries and outbound clients for connector tests (targets on loopback only)."""
+"""Deliveries, outbound clients and served emulators for connector tests (targets on loopback only)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import httpx
 from PIL import Image
 
 from connectors.base import DeliveredAsset, Delivery
 from gateway.common.outbound import OutboundClient
 from policies.ssrf import OutboundPolicy
+from tests.live import serve_asgi
 
 
 def outbound(timeout: float = 5.0) -> OutboundClient:
@@ -18,6 +22,20 @@ def outbound(timeout: float = 5.0) -> OutboundClient:
     return OutboundClient(
         OutboundPolicy.from_setting("127.0.0.1/32,::1/128,localhost"), timeout=timeout, max_bytes=16 * 1024 * 1024
     )
+
+
+@contextlib.asynccontextmanager
+async def emulated(create_app: Callable[..., Any], **options: Any) -> AsyncIterator[tuple[str, Any]]:
+    """A vendor emulator, ``create_app(**options)``, served on a loopback port: its base URL and the app."""
+    app = create_app(**options)
+    async with serve_asgi(app) as base:
+        yield base, app
+
+
+async def fault(base: str, **spec: Any) -> None:
+    """Make the vendor emulator at ``base`` answer its next requests with a fault (gateway.emulators.vendor.Fault)."""
+    async with httpx.AsyncClient() as client:
+        (await client.post(f"{base}/_emulator/faults", json=spec)).raise_for_status()
 
 
 def png(width: int = 64, height: int = 48, colour: tuple[int, int, int] = (200, 30, 30)) -> bytes:

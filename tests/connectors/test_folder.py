@@ -16,7 +16,8 @@ import pytest
 from pydantic import ValidationError
 
 from connectors.base import DeliveryError, PermanentError
-from connectors.folder import FolderConfig, FolderConnector, job_time
+from connectors.folder import FolderConfig, FolderConnector
+from connectors.paths import job_time
 from gateway.common.ids import new_id
 from tests.connectors.support import asset, delivery, outbound, png
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -12,28 +11,19 @@ import pytest
 from connectors.base import PermanentError, RetryableError
 from connectors.hubspot import HubSpotConnector, file_stem
 from gateway.emulators.hubspot import DEFAULT_TOKEN, create_app
-from tests.connectors.support import asset, delivery, outbound, png
-from tests.live import serve_asgi
+from tests.connectors.support import asset, delivery, emulated, fault, outbound, png
 from tests.processes import free_port
 
 TARGET = {"product_id": "1001"}
 
 
-@contextlib.asynccontextmanager
-async def portal(**options: Any) -> AsyncIterator[tuple[str, Any]]:
-    app = create_app(**options)
-    async with serve_asgi(app) as base:
-        yield base, app
+def portal(**options: Any) -> contextlib.AbstractAsyncContextManager[tuple[str, Any]]:
+    return emulated(create_app, **options)
 
 
 def connector(base: str, http: Any, **config: Any) -> HubSpotConnector:
     values = {"base_url": base, "access_token": DEFAULT_TOKEN, **config}
     return HubSpotConnector(HubSpotConnector.Config.model_validate(values), http=http)
-
-
-async def fault(base: str, **spec: Any) -> None:
-    async with httpx.AsyncClient() as client:
-        (await client.post(f"{base}/_emulator/faults", json=spec)).raise_for_status()
 
 
 def live(app: Any) -> list[Any]:

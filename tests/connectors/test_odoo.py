@@ -4,38 +4,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 from connectors.base import PermanentError, RetryableError
 from connectors.odoo import OdooConnector
 from gateway.emulators.odoo import DEFAULT_API_KEY, DEFAULT_DATABASE, DEFAULT_LOGIN, create_app
-from tests.connectors.support import asset, delivery, outbound, png
-from tests.live import serve_asgi
+from tests.connectors.support import asset, delivery, emulated, fault, outbound, png
 from tests.processes import free_port
 
 TARGET = {"product_template_id": 2}
 PROTOCOLS = ["jsonrpc", "json2"]
 
 
-@contextlib.asynccontextmanager
-async def odoo(**options: Any) -> AsyncIterator[tuple[str, Any]]:
-    app = create_app(**options)
-    async with serve_asgi(app) as base:
-        yield base, app
+def odoo(**options: Any) -> contextlib.AbstractAsyncContextManager[tuple[str, Any]]:
+    return emulated(create_app, **options)
 
 
 def connector(base: str, http: Any, **config: Any) -> OdooConnector:
     values = {"url": base, "database": DEFAULT_DATABASE, "login": DEFAULT_LOGIN, "api_key": DEFAULT_API_KEY, **config}
     return OdooConnector(OdooConnector.Config.model_validate(values), http=http)
-
-
-async def fault(base: str, **spec: Any) -> None:
-    async with httpx.AsyncClient() as client:
-        (await client.post(f"{base}/_emulator/faults", json=spec)).raise_for_status()
 
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)

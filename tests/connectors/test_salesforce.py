@@ -3,38 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import pytest
 
 import connectors.salesforce as salesforce
 from connectors.base import PermanentError, RetryableError
 from connectors.salesforce import SalesforceConnector, marker
 from gateway.emulators.salesforce import DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, create_app, to18
-from tests.connectors.support import asset, delivery, outbound, png
-from tests.live import serve_asgi
+from tests.connectors.support import asset, delivery, emulated, fault, outbound, png
 from tests.processes import free_port
 
 PRODUCT = "01t000000000001"
 
 
-@contextlib.asynccontextmanager
-async def org(**options: Any) -> AsyncIterator[tuple[str, Any]]:
-    app = create_app(**options)
-    async with serve_asgi(app) as base:
-        yield base, app
+def org(**options: Any) -> contextlib.AbstractAsyncContextManager[tuple[str, Any]]:
+    return emulated(create_app, **options)
 
 
 def connector(base: str, http: Any, **config: Any) -> SalesforceConnector:
     values = {"instance_url": base, "client_id": DEFAULT_CLIENT_ID, "client_secret": DEFAULT_CLIENT_SECRET, **config}
     return SalesforceConnector(SalesforceConnector.Config.model_validate(values), http=http)
-
-
-async def fault(base: str, **spec: Any) -> None:
-    async with httpx.AsyncClient() as client:
-        (await client.post(f"{base}/_emulator/faults", json=spec)).raise_for_status()
 
 
 def versions(app: Any) -> list[Any]:

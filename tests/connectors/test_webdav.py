@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from wsgidav.wsgidav_app import WsgiDAVApp
 
 from connectors.base import PermanentError, RetryableError
-from connectors.folder import job_time
+from connectors.paths import job_time
 from connectors.webdav import NS, WebDAVConfig, WebDAVConnector
 from tests.connectors.support import asset, delivery, outbound, png
 from tests.processes import free_port

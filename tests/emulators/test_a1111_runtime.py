@@ -6,7 +6,6 @@ import asyncio
 import base64
 import contextlib
 import io
-import subprocess
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,7 +15,7 @@ from PIL import Image
 
 from gateway.emulators.a1111 import create_app
 from gateway.emulators.core import EmulatorOptions
-from tests.processes import IMAGEGATE, free_port
+from tests.emulators.support import emulator_process
 
 SMALL = {"width": 64, "height": 64, "steps": 2}
 
@@ -163,25 +162,8 @@ async def test_img2img_samples_only_denoising_strength_of_the_steps() -> None:
 
 
 def test_imagegate_emulate_a1111_serves_the_api_as_a_process() -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [*IMAGEGATE, "emulate", "a1111", "--port", str(port), "--step-ms", "5", "--auth", "u:p"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                models = httpx.get(f"{base}/sdapi/v1/sd-models", auth=("u", "p"), timeout=1)
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, "emulator did not start"
-                time.sleep(0.1)
+    with emulator_process("a1111", "--step-ms", "5", "--auth", "u:p") as base:
+        models = httpx.get(f"{base}/sdapi/v1/sd-models", auth=("u", "p"), timeout=5)
         generated = httpx.post(f"{base}/sdapi/v1/txt2img", json=SMALL, auth=("u", "p"), timeout=30)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     assert models.status_code == 200 and len(models.json()) == 2
     assert generated.status_code == 200 and decode(generated.json()["images"][0]).size == (64, 64)

@@ -14,18 +14,11 @@ from urllib.parse import quote_plus
 import httpx
 
 from gateway.emulators.dingtalk import create_app
+from tests.emulators.support import Clock
 
 TOKEN = "tok-123"
 SECRET = "SEC0123456789abcdef"
 MARKDOWN = {"msgtype": "markdown", "markdown": {"title": "t", "text": "![](https://example.com/a.png)"}}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.asynccontextmanager

@@ -14,6 +14,7 @@ import httpx
 
 from gateway.emulators.feishu import create_app
 from tests.connectors.support import png
+from tests.emulators.support import Clock
 
 HOOK = "hook-abc"
 SECRET = "bot-secret"
@@ -21,14 +22,6 @@ APP = {"app_id": "cli_a1", "app_secret": "app-secret"}
 TEXT = {"msg_type": "text", "content": {"text": "hello"}}
 OK = {"StatusCode": 0, "StatusMessage": "success", "code": 0, "data": {}, "msg": "success"}
 SIGN_FAIL = {"code": 19021, "data": {}, "msg": "sign match fail or timestamp is not within one hour from current time"}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.asynccontextmanager

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,7 +12,7 @@ import pytest
 
 from gateway.emulators.hubspot import DEFAULT_TOKEN, PORTAL_ID, create_app
 from tests.connectors.support import png
-from tests.processes import IMAGEGATE, free_port
+from tests.emulators.support import emulator_process
 
 AUTH = {"Authorization": f"Bearer {DEFAULT_TOKEN}"}
 
@@ -244,29 +242,12 @@ async def test_more_calls_than_the_ten_second_window_allows_are_429_with_the_rat
 
 
 def test_imagegate_emulate_hubspot_serves_the_portal_as_a_process() -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [*IMAGEGATE, "emulate", "hubspot", "--port", str(port), "--credentials", "pat-test", "--products", "77"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                patched = httpx.patch(
-                    f"{base}/crm/v3/objects/products/77",
-                    json={"properties": {"hs_images": "https://x"}},
-                    headers={"Authorization": "Bearer pat-test"},
-                    timeout=1,
-                )
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, "emulator did not start"
-                time.sleep(0.1)
+    with emulator_process("hubspot", "--credentials", "pat-test", "--products", "77") as base:
+        patched = httpx.patch(
+            f"{base}/crm/v3/objects/products/77",
+            json={"properties": {"hs_images": "https://x"}},
+            headers={"Authorization": "Bearer pat-test"},
+            timeout=5,
+        )
         refused = httpx.get(f"{base}/crm/v3/properties/products", headers=AUTH, timeout=5)
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     assert patched.status_code == 200 and refused.status_code == 401

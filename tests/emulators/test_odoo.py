@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +14,7 @@ from PIL import Image
 
 from gateway.emulators.odoo import DEFAULT_API_KEY, DEFAULT_DATABASE, DEFAULT_LOGIN, create_app
 from tests.connectors.support import png
-from tests.processes import IMAGEGATE, free_port
+from tests.emulators.support import emulator_process
 
 
 @contextlib.asynccontextmanager
@@ -186,37 +184,20 @@ async def test_an_odoo_before_19_has_no_json2() -> None:
 
 
 def test_imagegate_emulate_odoo_serves_the_database_as_a_process() -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [*IMAGEGATE, "emulate", "odoo", "--port", str(port), "--credentials", "shop:bot:k3y", "--products", "41,42"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
     call = {"jsonrpc": "2.0", "method": "call", "id": 1}
-    try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                login = httpx.post(
-                    f"{base}/jsonrpc",
-                    json={
-                        **call,
-                        "params": {"service": "common", "method": "authenticate", "args": ["shop", "bot", "k3y", {}]},
-                    },
-                    timeout=1,
-                )
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, "emulator did not start"
-                time.sleep(0.1)
+    with emulator_process("odoo", "--credentials", "shop:bot:k3y", "--products", "41,42") as base:
+        login = httpx.post(
+            f"{base}/jsonrpc",
+            json={
+                **call,
+                "params": {"service": "common", "method": "authenticate", "args": ["shop", "bot", "k3y", {}]},
+            },
+            timeout=5,
+        )
         args = ["shop", 2, "k3y", "product.template", "write", [[42], {"image_1920": b64(png())}]]
         written = httpx.post(
             f"{base}/jsonrpc",
             json={**call, "params": {"service": "object", "method": "execute_kw", "args": args}},
             timeout=5,
         )
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     assert login.json()["result"] == 2 and written.json()["result"] is True

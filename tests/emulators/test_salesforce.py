@@ -5,8 +5,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import subprocess
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -22,10 +20,15 @@ from gateway.emulators.salesforce import (
     to18,
 )
 from tests.connectors.support import png
-from tests.processes import IMAGEGATE, free_port
+from tests.emulators.support import emulator_process
 
 PRODUCT = "01t000000000001"
 API = "/services/data/v61.0"
+CLIENT_CREDENTIALS = {
+    "grant_type": "client_credentials",
+    "client_id": DEFAULT_CLIENT_ID,
+    "client_secret": DEFAULT_CLIENT_SECRET,
+}
 
 
 @contextlib.asynccontextmanager
@@ -36,14 +39,7 @@ async def emulator(**options: Any) -> AsyncIterator[tuple[httpx.AsyncClient, Any
 
 
 async def token(client: httpx.AsyncClient) -> str:
-    response = await client.post(
-        "/services/oauth2/token",
-        data={
-            "grant_type": "client_credentials",
-            "client_id": DEFAULT_CLIENT_ID,
-            "client_secret": DEFAULT_CLIENT_SECRET,
-        },
-    )
+    response = await client.post("/services/oauth2/token", data=CLIENT_CREDENTIALS)
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
 
@@ -67,14 +63,7 @@ def version_body(data: bytes, **fields: Any) -> dict[str, Any]:
 
 async def test_client_credentials_give_a_bearer_token_for_this_instance_and_no_refresh_token() -> None:
     async with emulator() as (client, _):
-        response = await client.post(
-            "/services/oauth2/token",
-            data={
-                "grant_type": "client_credentials",
-                "client_id": DEFAULT_CLIENT_ID,
-                "client_secret": DEFAULT_CLIENT_SECRET,
-            },
-        )
+        response = await client.post("/services/oauth2/token", data=CLIENT_CREDENTIALS)
     body = response.json()
     assert response.status_code == 200
     assert {"access_token", "instance_url", "id", "token_type", "issued_at", "signature", "scope"} <= set(body)
@@ -375,41 +364,14 @@ async def test_an_injected_fault_answers_its_status_for_the_matching_requests_on
 
 
 def test_imagegate_emulate_salesforce_serves_the_org_as_a_process() -> None:
-    port = free_port()
-    process = subprocess.Popen(
-        [
-            *IMAGEGATE,
-            "emulate",
-            "salesforce",
-            "--port",
-            str(port),
-            "--credentials",
-            "cid:csecret",
-            "--products",
-            "01t00000000ABCD",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        base = f"http://127.0.0.1:{port}"
-        form = {"grant_type": "client_credentials", "client_id": "cid", "client_secret": "csecret"}
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                issued = httpx.post(f"{base}/services/oauth2/token", data=form, timeout=1)
-                break
-            except httpx.HTTPError:
-                assert process.poll() is None and time.monotonic() < deadline, "emulator did not start"
-                time.sleep(0.1)
+    form = {"grant_type": "client_credentials", "client_id": "cid", "client_secret": "csecret"}
+    with emulator_process("salesforce", "--credentials", "cid:csecret", "--products", "01t00000000ABCD") as base:
+        issued = httpx.post(f"{base}/services/oauth2/token", data=form, timeout=5)
         created = httpx.post(
             f"{base}{API}/sobjects/ContentVersion",
             json=version_body(png(), FirstPublishLocationId="01t00000000ABCD"),
             headers=bearer(issued.json()["access_token"]),
             timeout=10,
         )
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
     assert issued.status_code == 200 and issued.json()["instance_url"] == base
     assert created.status_code == 201

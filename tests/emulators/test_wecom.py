@@ -7,7 +7,6 @@ import contextlib
 import hashlib
 import io
 import os
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,17 +15,10 @@ from PIL import Image
 
 from gateway.emulators.wecom import create_app
 from tests.connectors.support import png
+from tests.emulators.support import Clock
 
 KEY = "0b6c9a3e-1111-2222-3333-444455556666"
 URL = f"/cgi-bin/webhook/send?key={KEY}"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @contextlib.asynccontextmanager
