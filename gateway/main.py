@@ -46,30 +46,32 @@ async def prepare_database(settings: Settings) -> None:
         raise RuntimeError("The database schema is not up to date: run `imagegate migrate` first.")
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    await prepare_database(settings)
+    res = await open_resources(settings, role="api")
+    app.state.resources = res
+    await load_shipped(res.sessionmaker, res.read_sessionmaker)
+    if res.runner is not None:
+        res.runner.start()
+    start_relay(res)
+    log.info("gateway.started", queue="distributed" if settings.distributed else "embedded")
+    if settings.secret_key == PLACEHOLDER_SECRET and settings.env != "test":
+        log.warning(
+            "gateway.placeholder_secret",
+            message="IMAGEGATE_SECRET_KEY is the development placeholder: OAuth2 access tokens can be forged "
+            "and stored backend passwords are readable by anyone with the source. Set a real secret.",
+        )
+    try:
+        yield
+    finally:
+        await close_resources(res)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     configure_logging(settings.log_level, settings.log_format)
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await prepare_database(settings)
-        res = await open_resources(settings, role="api")
-        app.state.resources = res
-        await load_shipped(res.sessionmaker, res.read_sessionmaker)
-        if res.runner is not None:
-            res.runner.start()
-        start_relay(res)
-        log.info("gateway.started", queue="distributed" if settings.distributed else "embedded")
-        if settings.secret_key == PLACEHOLDER_SECRET and settings.env != "test":
-            log.warning(
-                "gateway.placeholder_secret",
-                message="IMAGEGATE_SECRET_KEY is the development placeholder: OAuth2 access tokens can be forged "
-                "and stored backend passwords are readable by anyone with the source. Set a real secret.",
-            )
-        try:
-            yield
-        finally:
-            await close_resources(res)
 
     app = FastAPI(
         title="Imagegate",
@@ -77,6 +79,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="One authenticated API from business systems to a pool of GPU image servers.",
         lifespan=lifespan,
     )
+    # What the lifespan opens its resources with. The middleware below keep the values they were built with.
+    app.state.settings = settings
     handlers.install(app)
     # Added last = runs first: request id, then authentication of /v1 before any body is read.
     app.add_middleware(AuthenticationMiddleware, backend=ApiKeyBackend(), on_error=unauthorized)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
@@ -154,15 +155,66 @@ def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def wrong(secret: str) -> str:
+    """The secret with its last character changed, so it is certainly a different secret."""
+    return secret[:-1] + ("y" if secret.endswith("x") else "x")
+
+
+# Building an app costs about 0.2 s (FastAPI analyses every route) and migrating a new SQLite file about as much;
+# the suite makes a thousand stacks. Apps are reused between tests (never by two stacks at once): the lifespan
+# opens everything from `app.state.settings`, only the middleware keep the values they were built with, and
+# those are the key. A test's SQLite file starts as a copy of one migrated once.
+_IDLE_APPS: dict[tuple[str, int], list[Any]] = {}
+_MIGRATED: dict[str, Path] = {}
+
+
+def _app_for(settings: Settings) -> Any:
+    idle = _IDLE_APPS.setdefault((settings.cors_origins, settings.max_body_bytes), [])
+    app = idle.pop() if idle else create_app(settings)
+    app.state.settings = settings
+    return app
+
+
+def _release_app(app: Any, settings: Settings) -> None:
+    app.dependency_overrides.clear()
+    app.state.resources = None
+    _IDLE_APPS[(settings.cors_origins, settings.max_body_bytes)].append(app)
+
+
+async def _seed_sqlite(settings: Settings) -> None:
+    """Copy the migrated template into a test's new SQLite file (the lifespan then finds it at head)."""
+    target = settings.sqlite_path
+    if target is None or target.exists():
+        return
+    if "template" not in _MIGRATED:
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="imagegate-template-db-"))
+        await upgrade(f"sqlite+aiosqlite:///{folder}/imagegate.db")
+        assert not (folder / "imagegate.db-wal").exists()  # all of it is in the one file
+        _MIGRATED["template"] = folder / "imagegate.db"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_MIGRATED["template"], target)
+
+
 async def start_stack(
     mode: str, tmp_path: Path, pg_url: str | None, *, with_worker: bool = True, **overrides: Any
 ) -> AsyncIterator[Stack]:
     if mode == "embedded":
         settings = make_settings(tmp_path, **overrides)
+        await _seed_sqlite(settings)
     else:
         assert pg_url is not None
         settings = make_settings(tmp_path, database_url=pg_url, redis_url=await check_redis(), **overrides)
-    app = create_app(settings)
+    app = _app_for(settings)
+    try:
+        async for stack in _run_stack(app, mode, settings, with_worker):
+            yield stack
+    finally:
+        _release_app(app, settings)
+
+
+async def _run_stack(app: Any, mode: str, settings: Settings, with_worker: bool) -> AsyncIterator[Stack]:
     async with app.router.lifespan_context(app):
         res: Resources = app.state.resources
         if mode == "distributed":

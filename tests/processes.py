@@ -84,15 +84,30 @@ class Process:
 
 
 def start_server(env: dict[str, str], port: int, log: Path, *extra: str, cwd: Path | None = None) -> Process:
-    server = Process(env, ["serve", "--port", str(port), *extra], log, cwd=cwd)
+    return start_servers(env, {port: log}, *extra, cwd=cwd)[0]
+
+
+def start_servers(env: dict[str, str], logs: dict[int, Path], *extra: str, cwd: Path | None = None) -> list[Process]:
+    """``imagegate serve`` on each port (logging to its file), started together; returns once all answer."""
+    servers = {port: Process(env, ["serve", "--port", str(port), *extra], log, cwd=cwd) for port, log in logs.items()}
+    waiting = set(servers)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if server.proc.poll() is not None:
-            raise AssertionError(f"server exited: {log.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                return server
-        except httpx.HTTPError:
+    while waiting and time.monotonic() < deadline:
+        for port in sorted(waiting):
+            server = servers[port]
+            if server.proc.poll() is not None:
+                for other in servers.values():
+                    other.stop()
+                raise AssertionError(f"server exited: {server.log.read_text()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    waiting.discard(port)
+            except httpx.HTTPError:
+                pass
+        if waiting:
             time.sleep(0.1)
-    server.stop()
-    raise AssertionError(f"server did not start: {log.read_text()}")
+    if waiting:
+        for server in servers.values():
+            server.stop()
+        raise AssertionError(f"servers did not start: {[servers[p].log.read_text() for p in sorted(waiting)]}")
+    return list(servers.values())

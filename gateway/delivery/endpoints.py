@@ -10,6 +10,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import StringConvertor, register_url_convertor
 
 from gateway.assets.models import Asset
 from gateway.audit.service import Actor, record
@@ -21,6 +22,15 @@ from gateway.deps import ReadSessionDep, ResourcesDep, SessionDep
 from gateway.errors import NotFound, error_responses
 from gateway.systems.service import Principal
 from policies.scopes import Scope
+
+
+class _ConnectorName(StringConvertor):
+    """A path segment that is not `kinds`: `/v1/connectors/kinds` is the list of kinds, whatever the method."""
+
+    regex = "(?!kinds(?:/|$))[^/]+"
+
+
+register_url_convertor("connector_name", _ConnectorName())
 
 router = APIRouter(tags=["delivery"])
 files_router = APIRouter(tags=["delivery"])
@@ -166,7 +176,7 @@ class CallbackSecret(BaseModel):
     previous_still_signs: bool = Field(description="Callbacks carry a second signature with the previous secret")
 
 
-@router.get("/connector-kinds", response_model=KindList)
+@router.get("/connectors/kinds", response_model=KindList)  # `{name:connector_name}` never matches `kinds`
 async def list_kinds(principal: Reader) -> KindList:
     """Every installed connector kind with the JSON schemas of its config and of its per-delivery target."""
     items = []
@@ -207,13 +217,13 @@ async def create_connector(
     return ConnectorRead.of(row, service.secret_names(row, res.secret_box))
 
 
-@router.get("/connectors/{name}", response_model=ConnectorRead, responses=error_responses(404))
+@router.get("/connectors/{name:connector_name}", response_model=ConnectorRead, responses=error_responses(404))
 async def get_connector(name: Name, principal: Reader, session: ReadSessionDep, res: ResourcesDep) -> ConnectorRead:
     row = await service.instance_named(session, principal, name)
     return ConnectorRead.of(row, service.secret_names(row, res.secret_box))
 
 
-@router.put("/connectors/{name}", response_model=ConnectorRead, responses=error_responses(404))
+@router.put("/connectors/{name:connector_name}", response_model=ConnectorRead, responses=error_responses(404))
 async def replace_connector(
     name: Name, body: ConnectorReplace, request: Request, principal: Writer, session: SessionDep, res: ResourcesDep
 ) -> ConnectorRead:
@@ -235,7 +245,7 @@ async def replace_connector(
 
 
 @router.delete(
-    "/connectors/{name}",
+    "/connectors/{name:connector_name}",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=error_responses(404),
@@ -250,7 +260,7 @@ async def delete_connector(name: Name, request: Request, principal: Writer, sess
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/connectors/{name}/test", response_model=TestResult, responses=error_responses(404))
+@router.post("/connectors/{name:connector_name}/test", response_model=TestResult, responses=error_responses(404))
 async def test_connector(name: Name, principal: Writer, session: ReadSessionDep, res: ResourcesDep) -> TestResult:
     """Run the connector's connection test against its target (nothing is delivered)."""
     from connectors.base import DeliveryError

@@ -64,7 +64,7 @@ class Relay:
     def __init__(self, res: Resources) -> None:
         self.res = res
         self._task: asyncio.Task[None] | None = None
-        self._active: set[asyncio.Task[None]] = set()
+        self._active: dict[asyncio.Task[None], tuple[str, str]] = {}  # attempt task -> (row id, lease)
         self._wake = asyncio.Event()
         self._stopping = False
 
@@ -75,15 +75,47 @@ class Relay:
     def wake(self) -> None:
         self._wake.set()
 
-    async def stop(self) -> None:
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop claiming, let attempts on their way finish for up to ``grace`` seconds, then cancel the rest and
+        hand their rows back (pending now, the attempt uncounted) so that another relay need not wait for the
+        lease to run out. A receiver may have seen a cancelled attempt: the repeat carries the same key."""
         self._stopping = True
         self._wake.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        for task in list(self._active):
+        if self._active:
+            await asyncio.wait(list(self._active), timeout=grace)
+        unfinished = {task: lease for task, lease in self._active.items() if not task.done()}
+        for task in unfinished:
             task.cancel()
-        await asyncio.gather(*self._active, return_exceptions=True)  # their rows' leases expire: retried later
+        await asyncio.gather(*unfinished, return_exceptions=True)
+        leases = [lease for task, lease in unfinished.items() if task.cancelled()]
+        if leases:
+            with contextlib.suppress(Exception):  # if the database is gone too, the leases expire: retried later
+                await self._hand_back(leases)
+
+    async def _hand_back(self, leases: list[tuple[str, str]]) -> None:
+        async def work(session: AsyncSession) -> None:
+            for row_id, lease in leases:
+                await session.execute(
+                    update(DeliveryRow)
+                    .where(
+                        col(DeliveryRow.id) == row_id,
+                        col(DeliveryRow.lease_token) == lease,
+                        col(DeliveryRow.status) == _DELIVERING,
+                    )
+                    .values(
+                        status=_PENDING,
+                        next_attempt_at=utcnow(),
+                        lease_token=None,
+                        lease_expires_at=None,
+                        attempts=col(DeliveryRow.attempts) - 1,
+                    )
+                )
+
+        await committed(self.res.sessionmaker, work)
+        log.info("delivery.handed_back", count=len(leases))
 
     async def _loop(self) -> None:
         settings = self.res.settings
@@ -95,8 +127,8 @@ class Relay:
                 claimed = await self.claim(free) if free > 0 else []
                 for row_id, lease in claimed:
                     task = asyncio.create_task(self.attempt(row_id, lease))
-                    self._active.add(task)
-                    task.add_done_callback(self._active.discard)
+                    self._active[task] = (row_id, lease)
+                    task.add_done_callback(self._done)
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -106,6 +138,9 @@ class Relay:
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=settings.delivery_poll_seconds)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._active.pop(task, None)
 
     async def run_once(self) -> int:
         """Claim and deliver what is due now (tests, CLI); returns how many attempts were made."""

@@ -41,7 +41,7 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead, responses=error_responses(409, 429))
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobRead, responses=error_responses(404, 409, 429))
 async def submit_job(
     body: JobCreate,
     request: Request,

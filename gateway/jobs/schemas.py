@@ -67,7 +67,7 @@ InputImage = Annotated[
 
 class DeliverTarget(BaseModel):
     """Where to push the images on success: one of your connectors, plus the fields its kind needs per delivery
-    (e.g. `{"connector": "crm-prod", "record_id": "01t5g00000AbCdE"}`; `GET /v1/connector-kinds` lists them)."""
+    (e.g. `{"connector": "crm-prod", "record_id": "01t5g00000AbCdE"}`; `GET /v1/connectors/kinds` lists them)."""
 
     model_config = ConfigDict(extra="allow")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ class Receiver:
     fail_status: int = 503
     retry_after: str | None = None
     always: int | None = None  # answer this status every time
+    hold_first: float = 0  # act on the first request, then keep its sender waiting this long before answering
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set when a verified request has been acted on
+    released: asyncio.Event = field(default_factory=asyncio.Event)  # ends every hold (set when the receiver stops)
     requests: list[dict[str, Any]] = field(default_factory=list)  # every request seen, verified or not
     effects: dict[str, dict[str, Any]] = field(default_factory=dict)  # webhook-id -> body: what it acted on
 
@@ -48,7 +52,12 @@ class Receiver:
                 self.fail_first -= 1
                 extra = {"Retry-After": self.retry_after} if self.retry_after else {}
                 return JSONResponse({"error": "busy"}, status_code=self.fail_status, headers=extra)
+            first = not self.effects
             self.effects.setdefault(headers["webhook-id"], verified)  # idempotent: one effect per id
+            self.arrived.set()
+            if first and self.hold_first:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.released.wait(), self.hold_first)
             return JSONResponse({"ok": True})
 
         return app
@@ -58,4 +67,7 @@ class Receiver:
 async def running(receiver: Receiver) -> AsyncIterator[Receiver]:
     async with serve_asgi(receiver.app()) as base:
         receiver.url = f"{base}/hook"
-        yield receiver
+        try:
+            yield receiver
+        finally:
+            receiver.released.set()

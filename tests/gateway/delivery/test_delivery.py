@@ -72,12 +72,13 @@ async def test_a_connector_is_configured_checked_and_its_secret_never_returned(
     unknown = await gateway.client.post(
         "/v1/connectors", json={"name": "y", "kind": "carrier-pigeon", "config": {}}, headers=auth(token)
     )
-    kinds = (await gateway.client.get("/v1/connector-kinds", headers=auth(token))).json()["items"]
+    kinds = (await gateway.client.get("/v1/connectors/kinds", headers=auth(token))).json()["items"]
     listed = await gateway.client.get("/v1/connectors", headers=auth(token))
     replaced = await gateway.client.put(
         "/v1/connectors/hooks", json={"kind": "webhook", "config": {"url": receiver.url + "?v=2"}}, headers=auth(token)
     )
     tested = await gateway.client.post("/v1/connectors/hooks/test", headers=auth(token))
+    not_a_name = await gateway.client.put("/v1/connectors/kinds", json={"kind": "webhook"}, headers=auth(token))
 
     assert created.status_code == 201, created.text
     assert created.json()["secrets"] == ["secret"] and "secret" not in created.json()["config"]
@@ -87,6 +88,7 @@ async def test_a_connector_is_configured_checked_and_its_secret_never_returned(
     webhook = next(k for k in kinds if k["kind"] == "webhook")
     assert webhook["capability"] == "webhook" and webhook["secret_fields"] == ["previous_secret", "secret"]
     assert "url" in webhook["config_schema"]["properties"]
+    assert not_a_name.status_code == 405 and not_a_name.headers["allow"] == "GET"  # `kinds` is not a connector
     assert replaced.status_code == 200 and replaced.json()["secrets"] == ["secret"]  # kept
     assert tested.json()["ok"] is True, tested.text
     assert receiver.requests[-1]["verified"]  # the ping was signed with the kept secret
@@ -108,8 +110,9 @@ async def test_a_job_with_a_target_is_delivered_once_with_a_signed_link(gateway:
     assert event["type"] == "job.succeeded" and event["data"]["job_id"] == job["id"]
     link = event["data"]["assets"][0]["url"]
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=gateway.app), base_url="http://t") as anonymous:
-        fetched = await anonymous.get(link.replace("http://127.0.0.1:8000", ""))
-        tampered = await anonymous.get(link.replace("http://127.0.0.1:8000", "")[:-2] + "00")
+        path = link.replace("http://127.0.0.1:8000", "")
+        fetched = await anonymous.get(path)
+        tampered = await anonymous.get(path[:-2] + ("11" if path.endswith("00") else "00"))
     assert fetched.status_code == 200 and fetched.headers["content-type"] == "image/png"
     assert tampered.status_code == 404
 
@@ -453,3 +456,67 @@ async def test_a_failed_job_calls_back_with_its_error(tmp_path: Path, receiver: 
         event = receiver.effects[f"{job['id']}:callback"]
         assert event["type"] == "job.failed" and event["data"]["error"]["code"] == failed["error"]["code"]
         assert event["data"]["assets"] == []
+
+
+async def test_a_worker_killed_mid_delivery_causes_no_second_effect(
+    tmp_path: Path, receiver: Receiver, pg_database: str
+) -> None:
+    """A real ``imagegate worker`` is killed with SIGKILL while its request waits at the receiver; another
+    worker takes the row over once its lease has run out and sends it again under the same webhook-id."""
+    from tests.processes import Process, env_for
+
+    settings = {**FAST, "delivery_relay": False}  # only the worker processes deliver
+    async for stack in start_stack("distributed", tmp_path, pg_database, with_worker=False, **settings):
+        env = env_for(
+            tmp_path,
+            database_url=pg_database,
+            redis_url=stack.res.settings.redis_url,
+            queue_name=stack.res.settings.queue_name,
+            secret_key=stack.res.settings.secret_key,
+            outbound_allowlist="127.0.0.1/32",
+            delivery_lease_seconds=1,
+            delivery_poll_seconds=0.1,
+            delivery_retry_schedule="0.1,0.1",
+        )
+        token = await stack.system("crm", "generate,batch,connectors:write")
+        await add_webhook(stack, token, receiver.url)
+        receiver.hold_first = 60  # the first sender never hears back
+        first = Process(env, ["worker"], tmp_path / "worker1.log")
+        second = None
+        try:
+            job = await stack.submit(token, deliver=[{"connector": "hooks"}])
+            await asyncio.wait_for(receiver.arrived.wait(), timeout=60)
+            first.kill9()
+            second = Process(env, ["worker"], tmp_path / "worker2.log")
+            final = await settle(stack, token, job["id"], timeout=60)
+        finally:
+            if first.proc.poll() is None:
+                first.kill9()
+            if second is not None:
+                second.stop()
+
+        assert len(receiver.requests) == 2  # sent again after the kill (at least once)...
+        assert len(receiver.effects) == 1  # ...and acted on once: the repeat carried the same webhook-id
+        assert len({r["headers"]["webhook-id"] for r in receiver.requests}) == 1
+        assert final["attempts"] == 2  # the killed worker's claim counts
+        assert [a["outcome"] for a in final["attempt_log"]] == ["delivered"]  # only the second one wrote a result
+
+
+async def test_a_stopping_relay_hands_back_what_it_could_not_finish(tmp_path: Path, receiver: Receiver) -> None:
+    settings = {**FAST, "delivery_relay": False, "delivery_lease_seconds": 3600}  # no expiry would rescue the row
+    async for stack in start_stack("embedded", tmp_path, None, **settings):
+        token = await stack.system("crm", "generate,batch,connectors:write")
+        await add_webhook(stack, token, receiver.url)
+        job = await stack.submit(token, deliver=[{"connector": "hooks"}])
+        await stack.wait(token, job["id"])
+        receiver.hold_first = 60
+        stopping = Relay(stack.res)
+        stopping.start()
+        await asyncio.wait_for(receiver.arrived.wait(), timeout=20)
+        await stopping.stop(grace=0.2)  # the attempt is still waiting for its answer
+
+        handed = (await stack.client.get("/v1/deliveries", params={"job": job["id"]}, headers=auth(token))).json()
+        assert [(d["status"], d["attempts"]) for d in handed["items"]] == [("pending", 0)]  # uncounted, due now
+        assert await Relay(stack.res).run_once() == 1  # another relay takes it at once, not after an hour
+        final = await settle(stack, token, job["id"])
+        assert final["attempts"] == 1 and len(receiver.requests) == 2 and len(receiver.effects) == 1

@@ -10,21 +10,27 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.processes import Process, add_system, cli, env_for, free_port, start_server
+from tests.processes import Process, add_system, cli, env_for, free_port, start_servers
 from tests.services import check_redis, create_pg_database, drop_pg_database
 
 
-@pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[dict[str, str], list[str]]]:
-    """Three `imagegate serve` processes on one PostgreSQL database and one Redis (no worker: jobs stay queued)."""
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("replicas")
+
+
+@pytest.fixture(scope="module")
+def replicas(logs: Path) -> Iterator[tuple[dict[str, str], list[str]]]:
+    """Three `imagegate serve` processes on one PostgreSQL database and one Redis (no worker: jobs stay queued),
+    shared by the tests below (each uses a system of its own)."""
     pg_url = asyncio.run(create_pg_database())
     redis_url = asyncio.run(check_redis())
-    env = env_for(tmp_path, database_url=pg_url, redis_url=redis_url, queue_name=f"imagegate:test:{free_port()}")
+    env = env_for(logs, database_url=pg_url, redis_url=redis_url, queue_name=f"imagegate:test:{free_port()}")
     servers: list[Process] = []
     try:
         assert cli(env, "migrate").returncode == 0
         ports = [free_port() for _ in range(3)]
-        servers = [start_server(env, port, tmp_path / f"api-{port}.log") for port in ports]
+        servers = start_servers(env, {port: logs / f"api-{port}.log" for port in ports})
         yield env, [f"http://127.0.0.1:{port}" for port in ports]
     finally:
         for server in servers:
@@ -56,12 +62,26 @@ def test_three_api_processes_admit_exactly_50_of_200_parallel_jobs(replicas: tup
     assert used["concurrent_jobs"] == 50
 
 
-def test_three_api_processes_share_one_requests_per_minute_window(replicas: tuple[dict[str, str], list[str]]) -> None:
+def _failed_open(logs: Path) -> int:
+    """Requests the servers admitted because Redis did not answer within its timeout (logged, by design)."""
+    return sum(
+        '"ratelimit.unavailable"' in line
+        for log in logs.glob("api-*.log")
+        for line in log.read_text(errors="replace").splitlines()
+    )
+
+
+def test_three_api_processes_share_one_requests_per_minute_window(
+    replicas: tuple[dict[str, str], list[str]], logs: Path
+) -> None:
     env, urls = replicas
     token = add_system(env, "oa", scopes="generate")
     assert cli(env, "systems", "set-quota", "oa", "--requests-per-minute", "50").returncode == 0
+    before = _failed_open(logs)
 
     statuses = asyncio.run(_fire(urls, token, 200, "GET", "/v1/usage"))
 
-    assert statuses.count(200) == 50, statuses
-    assert statuses.count(429) == 150
+    # Exactly 50 unless Redis was too slow for some hits: those fail open, each logged (a busy machine).
+    failed_open = _failed_open(logs) - before
+    assert 50 <= statuses.count(200) <= 50 + failed_open, (statuses, failed_open)
+    assert statuses.count(200) + statuses.count(429) == 200

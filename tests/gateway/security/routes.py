@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +41,7 @@ PROTECTED = {
     "PUT /v1/logo",
     "GET /v1/logo",
     "DELETE /v1/logo",
-    "GET /v1/connector-kinds",
+    "GET /v1/connectors/kinds",
     "GET /v1/connectors",
     "POST /v1/connectors",
     "GET /v1/connectors/{name}",
@@ -97,5 +98,6 @@ def routes(app: Any) -> list[RouteInfo]:
         dependant = getattr(context, "dependant", None)
         scopes = tuple(_authenticators(dependant)) if dependant is not None else ()
         for method in sorted((context.methods or set()) - {"HEAD"}):
-            out.append(RouteInfo(method=method, path=str(context.path), scopes=scopes))
+            path = re.sub(r"\{(\w+):[^}]+\}", r"{\1}", str(context.path))  # `{name:connector_name}` is `{name}`
+            out.append(RouteInfo(method=method, path=path, scopes=scopes))
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import Stack, auth, start_stack
+from tests.conftest import Stack, auth, start_stack, wrong
 
 
 async def test_cors_is_off_by_default(embedded: Stack) -> None:
@@ -54,7 +54,7 @@ async def test_no_key_or_secret_reaches_the_logs(embedded: Stack, caplog: pytest
     )
     job = await embedded.submit(created["token"])
     await embedded.wait(created["token"], job["id"])
-    await embedded.client.get("/v1/jobs", headers=auth(created["token"][:-1] + "x"))
+    await embedded.client.get("/v1/jobs", headers=auth(wrong(created["token"])))
     await embedded.client.get("/v1/jobs", headers=auth(access + "x"))
     await embedded.res.audit.flush()
 
