@@ -7,6 +7,7 @@ import asyncio
 import secrets
 import shutil
 import signal
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -165,7 +166,7 @@ def wrong(secret: str) -> str:
 # opens everything from `app.state.settings`, only the middleware keep the values they were built with, and
 # those are the key. A test's SQLite file starts as a copy of one migrated once.
 _IDLE_APPS: dict[tuple[str, int], list[Any]] = {}
-_MIGRATED: dict[str, Path] = {}
+_MIGRATED: list[Path] = []  # the migrated template, once made
 
 
 def _app_for(settings: Settings) -> Any:
@@ -186,15 +187,13 @@ async def _seed_sqlite(settings: Settings) -> None:
     target = settings.sqlite_path
     if target is None or target.exists():
         return
-    if "template" not in _MIGRATED:
-        import tempfile
-
+    if not _MIGRATED:
         folder = Path(tempfile.mkdtemp(prefix="imagegate-template-db-"))
         await upgrade(f"sqlite+aiosqlite:///{folder}/imagegate.db")
         assert not (folder / "imagegate.db-wal").exists()  # all of it is in the one file
-        _MIGRATED["template"] = folder / "imagegate.db"
+        _MIGRATED.append(folder / "imagegate.db")
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(_MIGRATED["template"], target)
+    shutil.copyfile(_MIGRATED[0], target)
 
 
 async def start_stack(

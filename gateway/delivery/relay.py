@@ -93,29 +93,8 @@ class Relay:
         leases = [lease for task, lease in unfinished.items() if task.cancelled()]
         if leases:
             with contextlib.suppress(Exception):  # if the database is gone too, the leases expire: retried later
-                await self._hand_back(leases)
-
-    async def _hand_back(self, leases: list[tuple[str, str]]) -> None:
-        async def work(session: AsyncSession) -> None:
-            for row_id, lease in leases:
-                await session.execute(
-                    update(DeliveryRow)
-                    .where(
-                        col(DeliveryRow.id) == row_id,
-                        col(DeliveryRow.lease_token) == lease,
-                        col(DeliveryRow.status) == _DELIVERING,
-                    )
-                    .values(
-                        status=_PENDING,
-                        next_attempt_at=utcnow(),
-                        lease_token=None,
-                        lease_expires_at=None,
-                        attempts=col(DeliveryRow.attempts) - 1,
-                    )
-                )
-
-        await committed(self.res.sessionmaker, work)
-        log.info("delivery.handed_back", count=len(leases))
+                await self._release(leases, utcnow(), uncount=True)
+                log.info("delivery.handed_back", count=len(leases))
 
     async def _loop(self) -> None:
         settings = self.res.settings
@@ -182,7 +161,8 @@ class Relay:
             return
         now = utcnow()
         if instance is not None and instance.circuit_open_until is not None and instance.circuit_open_until > now:
-            await self._postpone(row_id, lease, instance.circuit_open_until + timedelta(seconds=random.uniform(0, 5)))  # noqa: S311
+            reopen = instance.circuit_open_until + timedelta(seconds=random.uniform(0, 5))  # noqa: S311
+            await self._release([(row_id, lease)], reopen)
             return
         outcome: Any
         heartbeat = asyncio.create_task(self._heartbeat(row_id, lease))
@@ -335,13 +315,29 @@ class Relay:
 
     # --- writing outcomes ---------------------------------------------------------------------------------
 
-    async def _postpone(self, row_id: str, lease: str, until: Any) -> None:
+    async def _release(self, leases: list[tuple[str, str]], until: Any, *, uncount: bool = False) -> None:
+        """Put rows still under these leases back to pending, due at ``until`` (``uncount``: their attempt is not
+        spent). A row whose lease was lost meanwhile is left to the relay that holds it."""
+        values: dict[str, Any] = {
+            "status": _PENDING,
+            "next_attempt_at": until,
+            "lease_token": None,
+            "lease_expires_at": None,
+        }
+        if uncount:
+            values["attempts"] = col(DeliveryRow.attempts) - 1
+
         async def work(session: AsyncSession) -> None:
-            await session.execute(
-                update(DeliveryRow)
-                .where(col(DeliveryRow.id) == row_id, col(DeliveryRow.lease_token) == lease)
-                .values(status=_PENDING, next_attempt_at=until, lease_token=None, lease_expires_at=None)
-            )
+            for row_id, lease in leases:
+                await session.execute(
+                    update(DeliveryRow)
+                    .where(
+                        col(DeliveryRow.id) == row_id,
+                        col(DeliveryRow.lease_token) == lease,
+                        col(DeliveryRow.status) == _DELIVERING,
+                    )
+                    .values(**values)
+                )
 
         await committed(self.res.sessionmaker, work)
 
