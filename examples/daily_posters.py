@@ -43,6 +43,8 @@ CATALOGUE = {
     ),
 }
 SELLING_POINTS = ["限时特惠", "新品上市", "年度爆款", "买一送一", "会员专享", ""]
+# The line of text at the bottom of the social poster
+TAGLINES = ["品质生活 从这里开始", "今日下单 明日送达", "好物不等人", "Made for every day", ""]
 
 
 def products(count: int, day: datetime.date) -> list[dict[str, object]]:
@@ -58,6 +60,7 @@ def products(count: int, day: datetime.date) -> list[dict[str, object]]:
                 "category": category,
                 "features": rng.sample(features, rng.randint(1, 4)),
                 "selling_point": rng.choice(SELLING_POINTS),
+                "tagline": rng.choice(TAGLINES),
             }
         )
     return rows
@@ -65,10 +68,10 @@ def products(count: int, day: datetime.date) -> list[dict[str, object]]:
 
 def write_csv(rows: list[dict[str, object]], out: object) -> None:
     writer = csv.writer(out, lineterminator="\n")  # type: ignore[arg-type]
-    writer.writerow(["id", "name", "category", "features", "selling_point"])
+    writer.writerow(["id", "name", "category", "features", "selling_point", "tagline"])
     for row in rows:
         features = json.dumps(row["features"], ensure_ascii=False)  # a [..] cell is JSON: a list field
-        writer.writerow([row["id"], row["name"], row["category"], features, row["selling_point"]])
+        writer.writerow([row["id"], row["name"], row["category"], features, row["selling_point"], row["tagline"]])
 
 
 def draw_logo(path: str) -> None:

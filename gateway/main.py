@@ -12,6 +12,7 @@ from starlette.middleware.cors import CORSMiddleware
 
 from gateway import handlers
 from gateway.assets.endpoints import router as assets_router
+from gateway.assets.fonts import cjk_font_path
 from gateway.assets.logo import router as logo_router
 from gateway.audit.endpoints import router as audit_router
 from gateway.auth.backend import ApiKeyBackend, unauthorized
@@ -62,6 +63,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "gateway.placeholder_secret",
             message="IMAGEGATE_SECRET_KEY is the development placeholder: OAuth2 access tokens can be forged "
             "and stored backend passwords are readable by anyone with the source. Set a real secret.",
+        )
+    if cjk_font_path() is None and settings.env != "test":
+        log.warning(
+            "gateway.no_cjk_font",
+            message="No CJK font is installed: Chinese text on preview images and watermarks is drawn as boxes. "
+            "Install one (Debian: fonts-wqy-zenhei or fonts-noto-cjk).",
         )
     try:
         yield

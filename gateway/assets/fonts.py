@@ -16,6 +16,9 @@ CJK_FONT_PATHS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
     "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
     "/usr/share/fonts/truetype/droid/DroidSansFallbackFull.ttf",
+    "/usr/share/fonts/google-noto-cjk/NotoSansCJK-Regular.ttc",  # Fedora
+    "/System/Library/Fonts/PingFang.ttc",  # macOS
+    "/System/Library/Fonts/STHeiti Medium.ttc",
 )
 
 Font = ImageFont.FreeTypeFont | ImageFont.ImageFont

@@ -1004,6 +1004,7 @@ def record_summary(item: Item) -> dict[str, Any]:
         "attempt": item.attempt if item.own_key else None,
         "error": error,
         "jobs": jobs,
+        "skipped": batch.get("skipped") or [],  # items the recipe left out (a section type without a template)
     }
 
 

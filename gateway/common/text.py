@@ -51,24 +51,28 @@ INTEGRAL = BeforeValidator(_integral)
 
 
 MAX_RECORD_BYTES = 64 * 1024
+MAX_RECORD_DEPTH = 20  # levels of objects and lists inside the record
 
 
 def _plain_record(value: object) -> object:
-    """A business record: JSON data of at most 64 KB whose text holds no control characters or lone surrogates."""
+    """A business record: JSON data of at most 64 KB and 20 levels whose text holds no control characters or
+    lone surrogates."""
     import json
 
-    def walk(node: object) -> None:
+    def walk(node: object, depth: int) -> None:
+        if depth > MAX_RECORD_DEPTH and isinstance(node, dict | list):
+            raise ValueError(f"a record nests objects and lists at most {MAX_RECORD_DEPTH} levels deep")
         if isinstance(node, str):
             _safe(node)
         elif isinstance(node, dict):
             for key, item in node.items():
                 _safe(str(key))
-                walk(item)
+                walk(item, depth + 1)
         elif isinstance(node, list):
             for item in node:
-                walk(item)
+                walk(item, depth + 1)
 
-    walk(value)
+    walk(value, 0)
     if len(json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8", "surrogatepass")) > MAX_RECORD_BYTES:
         raise ValueError(f"a record is at most {MAX_RECORD_BYTES} bytes of JSON")
     return value

@@ -41,6 +41,7 @@ from gateway.templates.document import TemplateInvalid, check_schema, first_sche
 Name = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*$", max_length=100)]
 _PLACEHOLDER = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*)\}")
 _NAME_PART = re.compile(r"^[a-z][a-z0-9_]{0,49}$")
+_SEPARATORS = re.compile(r"[\s-]+")
 MAX_JOBS = 64  # one record makes at most this many jobs
 
 
@@ -127,8 +128,9 @@ def path_value(data: Any, path: str) -> Any:
 def fill(text: str, *scopes: dict[str, Any], name_part: bool = False) -> str:
     """``{field}`` replaced by the first scope's value at that path (plain text; a missing value is empty).
 
-    With ``name_part`` (template names) a value must be one name part (``sales_analysis``), else it becomes
-    ``!``, which no template name contains: ``oa.{type}`` can never reach outside ``oa.``.
+    With ``name_part`` (template names) a value is lower-cased with spaces and hyphens as ``_`` (``Sales
+    Analysis`` names ``sales_analysis``) and must then be one name part, else it becomes ``!``, which no template
+    name contains: ``oa.{type}`` can never reach outside ``oa.``.
     """
 
     def value(match: re.Match[str]) -> str:
@@ -136,8 +138,9 @@ def fill(text: str, *scopes: dict[str, Any], name_part: bool = False) -> str:
             found = path_value(scope, match.group(1))
             if found is not None and not isinstance(found, dict | list):
                 text = str(found)
-                if name_part and not _NAME_PART.match(text):
-                    return "!"
+                if name_part:
+                    text = _SEPARATORS.sub("_", text.strip().lower())
+                    return text if _NAME_PART.match(text) else "!"
                 return text
         return ""
 
@@ -200,6 +203,8 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
                     break
         elif spec.repeat is not None:
             count = path_value(record, spec.repeat)
+            if isinstance(count, float) and count.is_integer():  # JSON has one number type: 5.0 is 5
+                count = int(count)
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise RecipeError(f"record.{spec.repeat}", "must be an integer of at least 1")
             if count > MAX_JOBS - len(planned):
@@ -234,6 +239,26 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
     if len(planned) > MAX_JOBS:
         raise RecipeError("record", f"this record would make more than {MAX_JOBS} jobs")
     return planned
+
+
+def role_template(recipe: RecipeDocument, role: str, styles: list[str] | None) -> str | None:
+    """The template a job of ``role`` would be made from by some record, or None when no record can make it.
+
+    Per-role options are sent with every record of a file: a role this record does not make (a product without
+    features has no ``detail``) is fine, a role no record could ever make is a mistake. A literal role is known
+    by its name; a placeholder role (``{type}``) by the template its value would name (``oa.{type}``)."""
+    if styles is not None:
+        return recipe.styles.template.replace("{style}", role) if recipe.styles and role in styles else None
+    for spec in recipe.roles:
+        fields = _PLACEHOLDER.findall(spec.role)
+        if not fields:
+            if spec.role == role:
+                return spec.template
+        elif spec.role == "{" + fields[0] + "}":
+            template = spec.template.replace(spec.role, fill(spec.role, {fields[0]: role}, name_part=True))
+            if not _PLACEHOLDER.search(template):
+                return template
+    return None
 
 
 def valid_template_name(name: str) -> bool:

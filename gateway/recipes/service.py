@@ -30,7 +30,15 @@ from gateway.moderation.service import ContentFiltered, Screened
 from gateway.quotas import service as quotas
 from gateway.quotas.service import Demand, QuotaExceeded
 from gateway.recipes import repository
-from gateway.recipes.document import Planned, RecipeDocument, RecipeError, plan, shipped, valid_template_name
+from gateway.recipes.document import (
+    Planned,
+    RecipeDocument,
+    RecipeError,
+    plan,
+    role_template,
+    shipped,
+    valid_template_name,
+)
 from gateway.recipes.models import Batch
 from gateway.recipes.repository import Progress
 from gateway.recipes.schemas import BatchStatus, RecipeRun
@@ -113,10 +121,7 @@ async def prepare(
         raise _refused(exc.field, exc.message) from None
     chosen, skipped = await _with_templates(session, principal, recipe, planned, run)
     names = _names([p.role for p, _ in chosen])
-    unknown = sorted(set(run.options.roles) - {p.role for p, _ in chosen})
-    if unknown:
-        roles = ", ".join(sorted({p.role for p, _ in chosen}))
-        raise _refused(f"options.roles.{unknown[0]}", f"this batch has no role {unknown[0]!r} (its roles: {roles})")
+    await _check_role_options(session, principal, recipe, run, made={p.role for p, _ in chosen})
     base_seeds: dict[str, int] = {}
     screenings: dict[tuple[str, str], Screened] = {}  # repeated jobs often share their prompt
     prepared: list[Prepared] = []
@@ -161,6 +166,24 @@ async def prepare(
     )
     await quotas.precheck(session, system_id=principal.system_id, demand=total, jobs=len(prepared))
     return Preparation(jobs=prepared, skipped=skipped)
+
+
+async def _check_role_options(
+    session: AsyncSession, principal: Principal, recipe: RecipeDocument, run: RecipeRun, made: set[str]
+) -> None:
+    """422 for per-role options no record could use; a role only this record lacks is passed over."""
+    for role in sorted(set(run.options.roles) - made):
+        template = role_template(recipe, role, run.options.styles)
+        if template is not None and valid_template_name(template):
+            try:
+                await templates.resolve(session, principal=principal, name=template)
+                continue
+            except NotFound:
+                pass
+        roles = ", ".join(sorted(made))
+        raise _refused(
+            f"options.roles.{role}", f"the recipe {recipe.name} makes no role {role!r} (this batch's roles: {roles})"
+        )
 
 
 async def _with_templates(
@@ -231,6 +254,8 @@ def _body(item: Planned, run: RecipeRun, base_seeds: dict[str, int]) -> JobCreat
             given = values.get("seed", -1)
             base_seeds[item.role] = given if given >= 0 else secrets.randbelow(MAX_SEED + 1)
         values["seed"] = (base_seeds[item.role] + item.seed_offset) % (MAX_SEED + 1)
+    elif overridden.get("seed", -1) >= 0:  # one seed for a role of several jobs: consecutive, not one picture
+        values["seed"] = (overridden["seed"] + item.index) % (MAX_SEED + 1)
     try:
         return JobCreate.model_validate(values)
     except ValidationError as exc:

@@ -21,12 +21,14 @@ The prompt (the text after the front matter) and ``negative_prompt`` are Jinja, 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 import yaml
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, validators
 from jsonschema.exceptions import SchemaError
+from jsonschema.exceptions import ValidationError as SchemaViolation
 from jsonschema_specifications import REGISTRY as SPECIFICATIONS
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from referencing import Registry
@@ -132,8 +134,34 @@ _REFUSED_KEYWORDS = frozenset({"pattern", "patternProperties", "$dynamicRef", "$
 MAX_BRANCHES = 24  # $ref + anyOf/oneOf/allOf/if branches in one schema: bounds validation time
 
 
+def _canonical(value: Any) -> Any:
+    """A hashable form of JSON data equal exactly when JSON Schema calls the values equal (1 == 1.0, true != 1)."""
+    if isinstance(value, bool):
+        return ("b", value)
+    if isinstance(value, dict):
+        return ("o", frozenset((key, _canonical(item)) for key, item in value.items()))
+    if isinstance(value, list | tuple):
+        return ("a", tuple(_canonical(item) for item in value))
+    return ("v", value)  # numbers compare across int and float; strings; None
+
+
+def _unique_items(validator: Any, unique: Any, instance: Any, schema: dict[str, Any]) -> Iterator[SchemaViolation]:
+    # jsonschema's own check compares objects pairwise (quadratic: 5,000 objects take half a minute); one set.
+    if unique and validator.is_type(instance, "array"):
+        seen: set[Any] = set()
+        for item in instance:
+            key = _canonical(item)
+            if key in seen:
+                yield SchemaViolation("has non-unique elements")
+                return
+            seen.add(key)
+
+
+_Validator = validators.extend(Draft202012Validator, {"uniqueItems": _unique_items})
+
+
 def _validator(schema: dict[str, Any]) -> Draft202012Validator:
-    return Draft202012Validator(schema, registry=_REGISTRY)
+    return _Validator(schema, registry=_REGISTRY)
 
 
 def first_schema_error(schema: dict[str, Any], record: Any) -> tuple[str, str] | None:

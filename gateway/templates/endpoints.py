@@ -11,6 +11,8 @@ from gateway.audit.service import Actor, record
 from gateway.auth.dependencies import Authenticator
 from gateway.deps import ReadSessionDep, ResourcesDep, SessionDep
 from gateway.errors import error_responses
+from gateway.jobs import service as jobs
+from gateway.jobs.schemas import JobCreate
 from gateway.moderation import service as moderation
 from gateway.systems.service import Principal
 from gateway.templates import repository, service
@@ -86,6 +88,8 @@ async def render_template(
     """Render a record: the prompt and parameters a job would get, after the content policy. Generates nothing."""
     row = await service.resolve(session, principal=principal, name=name, version=body.version)
     rendered = await service.render(row, body.record)
+    # What a job would refuse (a prompt too long, a control character from the template's data), the preview too.
+    jobs.with_template(JobCreate.model_validate({"prompt": "-"}), rendered)
     screened = await moderation.screen(
         session,
         system_id=principal.system_id,

@@ -19,13 +19,14 @@ def take(items: Sequence[Any], count: int) -> list[Any]:
 
 
 def lookup(key: Any, mapping: Mapping[str, Any], default: Any = "") -> Any:
-    """Map a value through a table, case-insensitively: ``{{ product.category | lookup(scenes, 'studio') }}``."""
+    """Map a value through a table, ignoring case and surrounding spaces:
+    ``{{ product.category | lookup(scenes, 'studio') }}``."""
     if not isinstance(mapping, Mapping):
         raise ValueError("lookup() needs a mapping")
     if key in mapping:
         return mapping[key]
-    folded = {str(k).casefold(): v for k, v in mapping.items()}
-    return folded.get(str(key).casefold(), default)
+    folded = {str(k).strip().casefold(): v for k, v in mapping.items()}
+    return folded.get(str(key).strip().casefold(), default)
 
 
 def join_natural(items: Sequence[Any], sep: str = ", ", last: str = " and ") -> str:

@@ -18,6 +18,7 @@ from typing import Any
 from jinja2 import StrictUndefined, TemplateError, TemplateSyntaxError, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from gateway.common.text import MAX_RECORD_DEPTH
 from gateway.templates.filters import FILTERS
 
 MAX_OUTPUT = 64 * 1024
@@ -335,7 +336,7 @@ _PLAIN = (str, int, float, bool, type(None))
 
 def require_plain(value: Any, depth: int = 0) -> None:
     """Records are data, never objects with methods to call: anything else is refused before rendering."""
-    if depth > 20:
+    if depth > MAX_RECORD_DEPTH + 2:  # records are bounded on the way in; this is the render's own backstop
         raise RenderError("unsafe", "the record is nested too deeply")
     if isinstance(value, Mapping):
         for key, item in value.items():

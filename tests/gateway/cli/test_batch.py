@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import csv
 import hashlib
 import io
 import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -725,6 +728,71 @@ async def test_options_are_passed_through(live: Live, tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     with Image.open(out / "P9_main.jpeg") as image:
         assert (image.format, image.size) == ("JPEG", (1200, 1200))
+
+
+async def test_sections_a_report_leaves_out_are_in_the_summary(live: Live, tmp_path: Path) -> None:
+    report = {
+        "id": "R-7",
+        "title": "季度报告",
+        "sections": [
+            {"type": "executive_summary", "title": "摘要", "content": "营收同比增长,新客户数量创新高。"},
+            {"type": "appendix", "title": "附录", "content": "数据口径说明。"},
+        ],
+    }
+    out = tmp_path / "out"
+    result = await run_batch(
+        live, "-", "--recipe", "oa.report_illustrations", "--out", str(out),
+        input=json.dumps(report, ensure_ascii=False) + "\n",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [record] = json.loads((out / "summary.json").read_text(encoding="utf-8"))["records"]
+    assert [job["name"] for job in record["jobs"]] == ["executive_summary"]
+    assert record["skipped"] == [{"role": "appendix", "template": "oa.appendix", "reason": "no template 'oa.appendix'"}]
+
+
+async def test_seed_003s_daily_run_of_50_products_in_three_styles_with_the_logo(live: Live, tmp_path: Path) -> None:
+    # docs/cli-batch.md, as written there: the example's CSV and logo, the logo uploaded, one batch run.
+    example = Path(__file__).resolve().parents[3] / "examples" / "daily_posters.py"
+    logo = tmp_path / "logo.png"
+    made = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, str(example), "--day", "2026-12-02", "--logo", str(logo)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    products = tmp_path / "products.csv"
+    products.write_text(made.stdout, encoding="utf-8")
+    put = await live.stack.client.put(
+        "/v1/logo", content=logo.read_bytes(), headers={**auth(live.token), "Content-Type": "image/png"}
+    )
+    assert put.status_code == 204, put.text
+    out = tmp_path / "posters"
+    options = '{"styles": ["main","detail","social"], "watermark": {"logo": true}}'
+    result = await run_batch(
+        live, str(products), "--recipe", "crm.product_images", "--out", str(out), "--concurrency", "8",
+        "--options", options,
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    assert summary["counts"]["succeeded"] == sum(summary["counts"].values()) == 50
+    ids = [f"P20261202-{n:03d}" for n in range(1, 51)]
+    assert [r["record_id"] for r in summary["records"]] == ids
+    sizes = {"main": (1024, 1024), "detail": (768, 1024), "social": (768, 1344)}
+    expected = {f"{i}_{style}.png" for i in ids for style in sizes}
+    assert {p.name for p in out.glob("*.png")} == expected
+    for name in sorted(expected)[::15]:
+        with Image.open(out / name) as image:
+            assert image.size == sizes[name.rsplit("_", 1)[1].removesuffix(".png")], name
+    batch = await live.stack.client.get(f"/v1/batches/{summary['records'][0]['batch']}", headers=auth(live.token))
+    jobs = {j["role"]: j["job"] for j in batch.json()["jobs"]}
+    assert all(job["watermark"]["logo"] is True for job in jobs.values())
+    rows = list(csv.DictReader(io.StringIO(made.stdout)))
+    tagged = next(row for row in rows if row["tagline"])
+    social = await live.stack.client.get(
+        f"/v1/batches/{summary['records'][rows.index(tagged)]['batch']}", headers=auth(live.token)
+    )
+    poster = next(j["job"] for j in social.json()["jobs"] if j["role"] == "social")
+    assert f"底部加文案“{tagged['tagline']}”" in poster["prompt"]
 
 
 async def test_a_wrong_token_is_a_clear_error_without_a_traceback(live: Live, tmp_path: Path) -> None:

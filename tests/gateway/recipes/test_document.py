@@ -37,12 +37,21 @@ def test_a_long_list_without_a_limit_stops_at_the_bound() -> None:
         plan(recipe, {"title": "r", "sections": sections}, None)
 
 
-@pytest.mark.parametrize("kind", ["../x", "a.b", "Sales Analysis", "", "销售", "x" * 51, "ok}{"])
+@pytest.mark.parametrize("kind", ["../x", "a.b", "Sales/Analysis", "", "销售", "x" * 51, "ok}{", "a b.c"])
 def test_a_placeholder_cannot_make_a_template_name_outside_its_family(kind: str) -> None:
     recipe = shipped()["oa.report_illustrations"]
     planned = plan(recipe, {"title": "r", "sections": [{"type": kind, "title": "t", "content": "c"}]}, None)
 
     assert planned[0].template in ("oa.!", "oa."), planned[0].template  # never a name of another family
+
+
+@pytest.mark.parametrize("kind", ["Sales Analysis", "sales-analysis", " SALES_ANALYSIS ", "Sales - Analysis"])
+def test_a_section_type_names_its_template_whatever_its_case_and_separators(kind: str) -> None:
+    recipe = shipped()["oa.report_illustrations"]
+    planned = plan(recipe, {"title": "r", "sections": [{"type": kind, "title": "t", "content": "c"}]}, None)
+
+    assert planned[0].template == "oa.sales_analysis"
+    assert planned[0].role == " ".join(kind.split())  # the role stays the record's own word
 
 
 def test_roles_from_data_are_single_spaced_and_bounded() -> None:

@@ -120,6 +120,11 @@ async def test_the_scene_comes_from_the_category_and_unknown_categories_get_a_st
         "clothing": "a fashion studio",
         "home": "a cozy living room",
         "Outdoor": "a natural outdoor environment",
+        " home ": "a cozy living room",
+        "户外": "a natural outdoor environment",
+        "服装": "a fashion studio",
+        "电子产品": "a modern home office",
+        "家居": "a cozy living room",
         "toys": "a professional studio",
     }
     for category, scene in expected.items():
@@ -239,6 +244,79 @@ async def test_a_given_seed_makes_a_repeat_roles_seeds_consecutive(embedded: Sta
     response = await run(embedded, design, "design.asset_batch", {**BRIEF, "count": 3}, roles={"icons": {"seed": 100}})
 
     assert [j["job"]["seed"] for j in response.json()["jobs"]] == [100, 101, 102]
+
+
+async def test_a_given_seed_makes_an_each_roles_seeds_consecutive(embedded: Stack) -> None:
+    crm = await embedded.system("crm", "generate,batch")
+
+    response = await run(
+        embedded, crm, "crm.product_images", PRODUCT, roles={"detail": {"seed": 5}, "main": {"seed": 9}}
+    )
+
+    seeds = {j["name"]: j["job"]["seed"] for j in response.json()["jobs"]}
+    assert (seeds["main"], seeds["detail-1"], seeds["detail-2"], seeds["detail-3"]) == (9, 5, 6, 7)
+
+
+async def test_a_count_written_as_a_whole_float_is_that_many_jobs(embedded: Stack) -> None:
+    design = await embedded.system("design", "generate,batch")
+
+    response = await run(embedded, design, "design.asset_batch", {**BRIEF, "count": 3.0}, roles=steps("icons"))
+
+    assert response.status_code == 202, response.text
+    assert [j["name"] for j in response.json()["jobs"]] == ["icons-1", "icons-2", "icons-3"]
+
+
+async def test_options_for_a_role_this_record_does_not_make_are_passed_over(embedded: Stack) -> None:
+    # One set of options goes with every record of a file: a product without features has no detail role,
+    # a report without a team section no team_performance role, a brief for icons no backgrounds role.
+    crm = await embedded.system("crm", "generate,batch")
+    plain = {**PRODUCT, "features": []}
+    report = {**REPORT, "sections": REPORT["sections"][:2]}
+    cases = [
+        ("crm.product_images", plain, {"roles": {"detail": {"steps": 3}, "main": {"steps": 2}}}, ["main", "scene"]),
+        ("oa.report_illustrations", report, {"roles": {"team_performance": {"steps": 3}}}, None),
+        ("oa.report_illustrations", report, {"roles": {"Team Performance": {"steps": 3}}}, None),
+        ("design.asset_batch", {**BRIEF, "count": 1}, {"roles": {"backgrounds": {"seed": 1}}}, ["icons"]),
+    ]
+    for recipe, record, options, names in cases:
+        response = await embedded.client.post(
+            f"/v1/recipes/{recipe}", json={"record": record, "options": options}, headers=auth(crm)
+        )
+        assert response.status_code == 202, (recipe, response.text)
+        if names is not None:
+            assert [j["name"] for j in response.json()["jobs"]] == names
+    main = next(j["job"] for j in (await wait_batch(embedded, crm, response.json()["id"]))["jobs"])
+    assert main["status"] == "succeeded"
+
+
+async def test_options_for_a_role_no_record_could_make_are_422(embedded: Stack) -> None:
+    crm = await embedded.system("crm", "generate,batch")
+    cases = [
+        ("crm.product_images", PRODUCT, {"roles": {"mian": {"steps": 2}}}, "options.roles.mian"),
+        (
+            "crm.product_images",
+            PRODUCT,
+            {"styles": ["main"], "roles": {"social": {"steps": 2}}},
+            "options.roles.social",
+        ),
+        ("crm.product_images", PRODUCT, {"styles": ["main"], "roles": {"scene": {"steps": 2}}}, "options.roles.scene"),
+        ("oa.report_illustrations", REPORT, {"roles": {"risk_review": {"steps": 2}}}, "options.roles.risk_review"),
+        (
+            "oa.report_illustrations",
+            REPORT,
+            {"roles": {"Risk Review": {"steps": 2}}},
+            "options.roles.Risk Review",
+        ),
+        ("design.asset_batch", BRIEF, {"roles": {"banners": {"steps": 2}}}, "options.roles.banners"),
+    ]
+    for recipe, record, options, field in cases:
+        response = await embedded.client.post(
+            f"/v1/recipes/{recipe}", json={"record": record, "options": options}, headers=auth(crm)
+        )
+        assert response.status_code == 422, (recipe, options, response.text)
+        assert response.json()["error"]["details"][0]["field"] == field, response.text
+        assert "makes no role" in response.json()["error"]["message"]
+    assert (await embedded.client.get("/v1/batches", headers=auth(crm))).json()["items"] == []
 
 
 async def test_per_role_overrides_apply_to_their_role_only(embedded: Stack) -> None:

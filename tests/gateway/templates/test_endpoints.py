@@ -182,6 +182,57 @@ async def test_rendered_prompts_are_held_to_the_prompt_rules(embedded: Stack) ->
     assert huge.status_code == 422
 
 
+async def test_the_preview_refuses_what_a_job_would_refuse(embedded: Stack) -> None:
+    design = await embedded.system("design", scopes="generate,templates:write")
+    long = CUSTOM.replace("A bold banner for {{ campaign.title }}.", "{% for i in range(900) %}word {% endfor %}")
+    await put(embedded, design, "design.long", long.replace("name: design.banner", "name: design.long"))
+    bell = CUSTOM.replace("tags: [banner]", 'tags: [banner]\ndata: {bell: "\\u0007"}').replace(
+        "{{ campaign.title }}", "{{ campaign.title }}{{ bell }}"
+    )
+    assert (await put(embedded, design, "design.bell", bell.replace("design.banner", "design.bell"))).status_code == 201
+
+    for name in ("design.long", "design.bell"):
+        preview = await embedded.client.post(
+            f"/v1/templates/{name}/render", json={"record": {"title": "x"}}, headers=auth(design)
+        )
+        job = await embedded.client.post(
+            "/v1/jobs", json={"template": name, "record": {"title": "x"}}, headers=auth(design)
+        )
+
+        assert preview.status_code == job.status_code == 422, (name, preview.text, job.text)
+        assert preview.json()["error"]["code"] == job.json()["error"]["code"] == "template_invalid"
+        assert preview.json()["error"]["details"][0]["field"] == "prompt"
+    assert (await embedded.client.get("/v1/jobs", headers=auth(design))).json()["items"] == []
+
+
+async def test_a_record_nested_too_deeply_is_refused_as_the_record(embedded: Stack) -> None:
+    design = await embedded.system("design", scopes="generate,batch,templates:write")
+    deep: dict[str, object] = {"title": "x"}
+    for _ in range(21):
+        deep = {"a": deep}
+    fine: dict[str, object] = {"title": "x"}
+    for _ in range(19):
+        fine = {"a": fine}
+
+    refused = [
+        await embedded.client.post(path, json=body, headers=auth(design))
+        for path, body in (
+            ("/v1/templates/crm.product_main/render", {"record": {**LAMP, "extra": deep}}),
+            ("/v1/jobs", {"template": "crm.product_main", "record": {**LAMP, "extra": deep}}),
+            ("/v1/recipes/crm.product_images", {"record": {**LAMP, "extra": deep}}),
+        )
+    ]
+    accepted = await embedded.client.post(
+        "/v1/templates/crm.product_main/render", json={"record": {**LAMP, "extra": fine}}, headers=auth(design)
+    )
+
+    for response in refused:
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["details"][0]["field"] == "record", response.text
+        assert "20 levels" in response.json()["error"]["message"]
+    assert accepted.status_code == 200, accepted.text
+
+
 async def test_saving_an_older_text_again_makes_it_the_newest(embedded: Stack) -> None:
     design = await embedded.system("design", scopes="templates:write")
     await put(embedded, design, "design.banner", CUSTOM)
