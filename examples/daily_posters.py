@@ -60,7 +60,8 @@ def products(count: int, day: datetime.date) -> list[dict[str, object]]:
                 "category": category,
                 "features": rng.sample(features, rng.randint(1, 4)),
                 "selling_point": rng.choice(SELLING_POINTS),
-                "tagline": rng.choice(TAGLINES),
+                # its own stream, so the other columns stay what they were before taglines were added
+                "tagline": random.Random(f"tagline-{day}-{number}").choice(TAGLINES),  # noqa: S311
             }
         )
     return rows

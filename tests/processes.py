@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,36 @@ def env_for(tmp_path: Path, **overrides: Any) -> dict[str, str]:
 
 def cli(env: dict[str, str], *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*IMAGEGATE, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+@dataclass
+class Ran:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_here(env: dict[str, str], *args: str) -> Ran:
+    """The command run in this process, with the ``IMAGEGATE_*`` variables of ``env`` only: ~0.1 s instead of the
+    ~2 s of a new interpreter and its imports. For what a command does; ``cli`` runs the real entry point. Not
+    from a running event loop (the commands call ``asyncio.run``)."""
+    from typer.testing import CliRunner
+
+    from gateway.cli.main import app
+    from gateway.config import get_settings
+
+    variables: dict[str, str | None] = {k: None for k in os.environ if k.startswith("IMAGEGATE_")}
+    variables.update({k: v for k, v in env.items() if k.startswith("IMAGEGATE_")})
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level  # the command points logging at its own, soon closed, stderr
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(app, list(args), env=variables, catch_exceptions=False)
+    finally:
+        get_settings.cache_clear()
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    return Ran(result.exit_code, result.stdout, result.stderr)
 
 
 def add_system(env: dict[str, str], name: str, scopes: str = "generate,batch") -> str:

@@ -137,18 +137,31 @@ def fill(text: str, *scopes: dict[str, Any], name_part: bool = False) -> str:
         for scope in scopes:
             found = path_value(scope, match.group(1))
             if found is not None and not isinstance(found, dict | list):
-                text = str(found)
                 if name_part:
-                    text = _SEPARATORS.sub("_", text.strip().lower())
+                    if not isinstance(found, str) or not found.isascii():  # no `true`, no Kelvin sign as `k`
+                        return "!"
+                    text = role_name(found)
                     return text if _NAME_PART.match(text) else "!"
-                return text
+                return str(found)
         return ""
 
     return _PLACEHOLDER.sub(value, text)
 
 
-def _role(text: str, *scopes: dict[str, Any]) -> str:
-    return " ".join(fill(text, *scopes).split())[:100] or "job"
+def _naming_field(role: str, template: str) -> str | None:
+    """The field of a role that is one placeholder naming its template too (``{type}``, ``oa.{type}``), or None."""
+    fields = _PLACEHOLDER.findall(role)
+    return fields[0] if len(fields) == 1 and role == "{" + fields[0] + "}" and role in template else None
+
+
+def _role(spec: RoleSpec, *scopes: dict[str, Any]) -> str:
+    """The role's name; a role named by the value that also names its template is that template name part
+    (a section type ``Sales Analysis`` is the role ``sales_analysis`` of template ``oa.sales_analysis``)."""
+    if _naming_field(spec.role, spec.template) is not None:
+        name = fill(spec.role, *scopes, name_part=True)
+        if name and name != "!":
+            return name
+    return " ".join(fill(spec.role, *scopes).split())[:100] or "job"
 
 
 def _template(text: str, *scopes: dict[str, Any]) -> str:
@@ -185,7 +198,7 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
             counts: dict[str, int] = {}
             for item in items[: spec.limit] if spec.limit else items:
                 scope = item if isinstance(item, dict) else {}
-                role = _role(spec.role, scope, record)
+                role = _role(spec, scope, record)
                 assert spec.as_ is not None
                 planned.append(
                     Planned(
@@ -209,7 +222,7 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
                 raise RecipeError(f"record.{spec.repeat}", "must be an integer of at least 1")
             if count > MAX_JOBS - len(planned):
                 raise RecipeError(f"record.{spec.repeat}", f"this record would make more than {MAX_JOBS} jobs")
-            role = _role(spec.role, record)
+            role = _role(spec, record)
             for index in range(count):
                 planned.append(
                     Planned(
@@ -225,7 +238,7 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
         else:
             planned.append(
                 Planned(
-                    role=_role(spec.role, record),
+                    role=_role(spec, record),
                     index=0,
                     template=_template(spec.template, record),
                     record=record,
@@ -241,24 +254,34 @@ def plan(recipe: RecipeDocument, record: dict[str, Any], styles: list[str] | Non
     return planned
 
 
-def role_template(recipe: RecipeDocument, role: str, styles: list[str] | None) -> str | None:
-    """The template a job of ``role`` would be made from by some record, or None when no record can make it.
+def role_templates(recipe: RecipeDocument, role: str, styles: list[str] | None) -> list[str]:
+    """The templates a job of ``role`` could be made from by some record; none when no record can make it.
 
     Per-role options are sent with every record of a file: a role this record does not make (a product without
     features has no ``detail``) is fine, a role no record could ever make is a mistake. A literal role is known
-    by its name; a placeholder role (``{type}``) by the template its value would name (``oa.{type}``)."""
+    by its name; a role named by a value (``{type}``) by the template that value names (``oa.{type}``)."""
     if styles is not None:
-        return recipe.styles.template.replace("{style}", role) if recipe.styles and role in styles else None
+        return [_template(recipe.styles.template, {"style": role})] if recipe.styles and role in styles else []
+    found: list[str] = []
     for spec in recipe.roles:
-        fields = _PLACEHOLDER.findall(spec.role)
-        if not fields:
+        field = _naming_field(spec.role, spec.template)
+        if not _PLACEHOLDER.search(spec.role):
             if spec.role == role:
-                return spec.template
-        elif spec.role == "{" + fields[0] + "}":
-            template = spec.template.replace(spec.role, fill(spec.role, {fields[0]: role}, name_part=True))
-            if not _PLACEHOLDER.search(template):
-                return template
-    return None
+                found.append(spec.template)
+        elif field is not None and _NAME_PART.match(role):
+            scope: dict[str, Any] = {}
+            node = scope
+            *parents, last = field.split(".")
+            for part in parents:
+                node = node.setdefault(part, {})
+            node[last] = role
+            found.append(_template(spec.template, scope))
+    return [name for name in found if valid_template_name(name)]
+
+
+def role_name(text: str) -> str:
+    """How a value names a role or a template part: lower case, spaces and hyphens as ``_``."""
+    return _SEPARATORS.sub("_", text.strip().lower())
 
 
 def valid_template_name(name: str) -> bool:

@@ -35,7 +35,8 @@ from gateway.recipes.document import (
     RecipeDocument,
     RecipeError,
     plan,
-    role_template,
+    role_name,
+    role_templates,
     shipped,
     valid_template_name,
 )
@@ -172,18 +173,24 @@ async def _check_role_options(
     session: AsyncSession, principal: Principal, recipe: RecipeDocument, run: RecipeRun, made: set[str]
 ) -> None:
     """422 for per-role options no record could use; a role only this record lacks is passed over."""
-    for role in sorted(set(run.options.roles) - made):
-        template = role_template(recipe, role, run.options.styles)
-        if template is not None and valid_template_name(template):
+
+    async def makeable(role: str) -> bool:
+        for template in role_templates(recipe, role, run.options.styles):
             try:
                 await templates.resolve(session, principal=principal, name=template)
-                continue
+                return True
             except NotFound:
-                pass
-        roles = ", ".join(sorted(made))
-        raise _refused(
-            f"options.roles.{role}", f"the recipe {recipe.name} makes no role {role!r} (this batch's roles: {roles})"
-        )
+                continue
+        return False
+
+    for role in sorted(set(run.options.roles) - made):
+        if await makeable(role):
+            continue
+        message = f"the recipe {recipe.name} makes no role {role!r} (this batch's roles: {', '.join(sorted(made))})"
+        spelled = role_name(role)
+        if spelled != role and (spelled in made or await makeable(spelled)):
+            message += f"; roles from the record are written {spelled!r}"
+        raise _refused(f"options.roles.{role}", message)
 
 
 async def _with_templates(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -138,11 +139,13 @@ async def test_the_database_refuses_to_change_the_audit_log(stack: Stack, statem
 
 async def test_cli_actions_are_recorded_as_the_cli_user(tmp_path: Any) -> None:
     from tests.conftest import start_stack
-    from tests.processes import cli, env_for
+    from tests.processes import cli_here, env_for
 
     env = env_for(tmp_path)
-    assert cli(env, "systems", "add", "crm").returncode == 0
-    assert cli(env, "systems", "set-quota", "crm", "--images-per-day", "5").returncode == 0
+    # In a thread: the commands run their own event loops.
+    assert (await asyncio.to_thread(cli_here, env, "systems", "add", "crm")).returncode == 0
+    quota = await asyncio.to_thread(cli_here, env, "systems", "set-quota", "crm", "--images-per-day", "5")
+    assert quota.returncode == 0
     async for stack in start_stack("embedded", tmp_path, None):
         events = await audit(stack, await stack.admin(), action="quota")
         assert len(events) == 1

@@ -1,4 +1,4 @@
-"""``imagegate backends ...`` as real processes on a temporary SQLite database (each call costs about a second)."""
+"""``imagegate backends ...`` on a temporary SQLite database (run in this process: see tests.processes.cli_here)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.live import serve_asgi
-from tests.processes import cli, env_for
+from tests.processes import cli_here, env_for
 
 MODELS = ["sd15-pruned", "juggernaut-xl"]
 PASSWORD = "secretpw-Zu73"
@@ -22,7 +22,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def _json(env: dict[str, str], *args: str) -> Any:
-    result = cli(env, "backends", *args, "--json")
+    result = cli_here(env, "backends", *args, "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
@@ -35,9 +35,20 @@ async def test_add_probes_the_server_prints_json_and_never_shows_the_password(en
     async with serve_asgi(emulator) as url:
         # The emulator runs in this event loop: the CLI must run in a thread to let it answer.
         added = await asyncio.to_thread(
-            cli, env, "backends", "add", "gpu-01", "--kind", "a1111", "--url", url, "--auth", f"gw:{PASSWORD}", "--json"
+            cli_here,
+            env,
+            "backends",
+            "add",
+            "gpu-01",
+            "--kind",
+            "a1111",
+            "--url",
+            url,
+            "--auth",
+            f"gw:{PASSWORD}",
+            "--json",
         )
-        listed = await asyncio.to_thread(cli, env, "backends", "list", "--json")
+        listed = await asyncio.to_thread(cli_here, env, "backends", "list", "--json")
     assert added.returncode == 0, added.stderr
     backend = json.loads(added.stdout)
     assert (backend["name"], backend["kind"], backend["url"]) == ("gpu-01", "a1111", url)
@@ -58,19 +69,19 @@ def test_add_no_probe_then_disable_enable_and_remove(env: dict[str, str]) -> Non
     assert (added["health"], added["checked_at"], added["enabled"]) == ("unknown", None, True)
     assert (added["slots"], added["models"], added["auth_type"]) == (2, ["sd15", "sdxl"], "none")
 
-    again = cli(env, "backends", "add", "gpu-01", "--kind", "a1111", "--url", url, "--no-probe")
+    again = cli_here(env, "backends", "add", "gpu-01", "--kind", "a1111", "--url", url, "--no-probe")
     assert again.returncode == 1
     assert "already exists" in again.stderr
 
     assert _json(env, "disable", "gpu-01")["enabled"] is False
     assert _json(env, "enable", "gpu-01")["enabled"] is True
 
-    removed = cli(env, "backends", "remove", "gpu-01")
+    removed = cli_here(env, "backends", "remove", "gpu-01")
     assert removed.returncode == 0, removed.stderr
     assert "removed gpu-01" in removed.stdout
     assert _json(env, "list") == []
 
-    missing = cli(env, "backends", "disable", "gpu-01")
+    missing = cli_here(env, "backends", "disable", "gpu-01")
     assert missing.returncode == 1
     assert "No backend named 'gpu-01'" in missing.stderr
     assert "Traceback" not in missing.stderr
@@ -85,7 +96,7 @@ def test_settings_the_adapter_cannot_use_are_refused_with_the_field_and_add_noth
         (["--kind", "comfyui", "--options", '{"workflows": {"*": {"nodes": [], "links": []}}}'], "UI format"),
     ]
     for extra, reason in cases:
-        result = cli(env, *base, *extra)
+        result = cli_here(env, *base, *extra)
         assert result.returncode == 1, (extra, result.stdout, result.stderr)
         assert reason in result.stderr, (extra, result.stderr)
         assert "Traceback" not in result.stderr
@@ -100,13 +111,13 @@ def test_bad_input_exits_2_with_a_one_line_reason_and_adds_nothing(env: dict[str
         (["--kind", "a1111", "--options", "notjson"], "--options is not JSON"),
     ]
     for extra, reason in cases:
-        result = cli(env, *base, *extra)
+        result = cli_here(env, *base, *extra)
         assert result.returncode == 2, (extra, result.stdout, result.stderr)
         assert reason in result.stderr, (extra, result.stderr)
         assert "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     # A pydantic pattern in the message is printed as is (not eaten as console markup).
-    bad_name = cli(env, "backends", "add", "GPU 1", "--kind", "a1111", "--url", "http://x.example", "--no-probe")
+    bad_name = cli_here(env, "backends", "add", "GPU 1", "--kind", "a1111", "--url", "http://x.example", "--no-probe")
     assert bad_name.returncode == 2
     assert "name: String should match pattern '^[a-z0-9][a-z0-9_.-]{0,63}$'" in bad_name.stderr
     assert _json(env, "list") == []

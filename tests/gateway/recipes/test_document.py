@@ -50,8 +50,16 @@ def test_a_section_type_names_its_template_whatever_its_case_and_separators(kind
     recipe = shipped()["oa.report_illustrations"]
     planned = plan(recipe, {"title": "r", "sections": [{"type": kind, "title": "t", "content": "c"}]}, None)
 
-    assert planned[0].template == "oa.sales_analysis"
-    assert planned[0].role == " ".join(kind.split())  # the role stays the record's own word
+    assert (planned[0].template, planned[0].role) == ("oa.sales_analysis", "sales_analysis")
+    assert planned[0].tags == ["report", kind]  # tags keep the record's own word
+
+
+@pytest.mark.parametrize("kind", [True, 7, "\u212aey", "Ｓales"])
+def test_only_plain_ascii_text_names_a_template(kind: object) -> None:
+    recipe = shipped()["oa.report_illustrations"]
+    planned = plan(recipe, {"title": "r", "sections": [{"type": kind, "title": "t", "content": "c"}]}, None)
+
+    assert planned[0].template == "oa.!", planned[0].template
 
 
 def test_roles_from_data_are_single_spaced_and_bounded() -> None:

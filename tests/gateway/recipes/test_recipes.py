@@ -275,7 +275,6 @@ async def test_options_for_a_role_this_record_does_not_make_are_passed_over(embe
     cases = [
         ("crm.product_images", plain, {"roles": {"detail": {"steps": 3}, "main": {"steps": 2}}}, ["main", "scene"]),
         ("oa.report_illustrations", report, {"roles": {"team_performance": {"steps": 3}}}, None),
-        ("oa.report_illustrations", report, {"roles": {"Team Performance": {"steps": 3}}}, None),
         ("design.asset_batch", {**BRIEF, "count": 1}, {"roles": {"backgrounds": {"seed": 1}}}, ["icons"]),
     ]
     for recipe, record, options, names in cases:
@@ -285,8 +284,20 @@ async def test_options_for_a_role_this_record_does_not_make_are_passed_over(embe
         assert response.status_code == 202, (recipe, response.text)
         if names is not None:
             assert [j["name"] for j in response.json()["jobs"]] == names
-    main = next(j["job"] for j in (await wait_batch(embedded, crm, response.json()["id"]))["jobs"])
-    assert main["status"] == "succeeded"
+        if recipe == "crm.product_images":
+            main = next(j["job"] for j in response.json()["jobs"] if j["role"] == "main")
+            assert main["steps"] == 2  # the options of the roles it makes still apply
+
+
+async def test_options_name_a_role_from_the_record_as_its_template_does(embedded: Stack) -> None:
+    crm = await embedded.system("crm", "generate,batch")
+    report = {**REPORT, "sections": [{"type": "Sales Analysis", "title": "销售", "content": "华东区域销售额增长。"}]}
+
+    response = await run(embedded, crm, "oa.report_illustrations", report, roles={"sales_analysis": {"steps": 3}})
+
+    assert response.status_code == 202, response.text
+    [job] = response.json()["jobs"]
+    assert (job["role"], job["name"], job["job"]["steps"]) == ("sales_analysis", "sales_analysis", 3)
 
 
 async def test_options_for_a_role_no_record_could_make_are_422(embedded: Stack) -> None:
@@ -308,6 +319,13 @@ async def test_options_for_a_role_no_record_could_make_are_422(embedded: Stack) 
             "options.roles.Risk Review",
         ),
         ("design.asset_batch", BRIEF, {"roles": {"banners": {"steps": 2}}}, "options.roles.banners"),
+        ("design.asset_batch", BRIEF, {"roles": {"Icons": {"steps": 2}}}, "options.roles.Icons"),
+        (
+            "oa.report_illustrations",
+            REPORT,
+            {"roles": {"Team Performance": {"steps": 2}}},
+            "options.roles.Team Performance",
+        ),
     ]
     for recipe, record, options, field in cases:
         response = await embedded.client.post(
@@ -316,6 +334,8 @@ async def test_options_for_a_role_no_record_could_make_are_422(embedded: Stack) 
         assert response.status_code == 422, (recipe, options, response.text)
         assert response.json()["error"]["details"][0]["field"] == field, response.text
         assert "makes no role" in response.json()["error"]["message"]
+        if field.endswith(("Icons", "Team Performance")):
+            assert "roles from the record are written" in response.json()["error"]["message"], response.text
     assert (await embedded.client.get("/v1/batches", headers=auth(crm))).json()["items"] == []
 
 

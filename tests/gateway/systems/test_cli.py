@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import cli, env_for, free_port, start_server
+from tests.processes import cli, cli_here, env_for, free_port, start_server
 
 
 @pytest.fixture
@@ -17,6 +17,7 @@ def env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_systems_add_prints_the_key_as_the_last_line(env: dict[str, str]) -> None:
+    # The real `python -m gateway.cli` process; the other tests run the commands in this process.
     result = cli(env, "systems", "add", "crm", "--scopes", "generate,batch")
     assert result.returncode == 0, result.stderr
     token = result.stdout.strip().splitlines()[-1]
@@ -25,7 +26,7 @@ def test_systems_add_prints_the_key_as_the_last_line(env: dict[str, str]) -> Non
 
 
 def test_systems_add_json_has_system_and_token(env: dict[str, str]) -> None:
-    result = cli(env, "systems", "add", "design", "--scopes", "generate,batch,templates:write", "--json")
+    result = cli_here(env, "systems", "add", "design", "--scopes", "generate,batch,templates:write", "--json")
     payload = json.loads(result.stdout)
     assert payload["system"] == "design"
     assert payload["token"].startswith("igw_")
@@ -43,26 +44,26 @@ def test_systems_add_json_has_system_and_token(env: dict[str, str]) -> None:
     ],
 )
 def test_bad_cli_input_is_a_one_line_error_and_exit_1(env: dict[str, str], args: list[str], message: str) -> None:
-    result = cli(env, *args)
+    result = cli_here(env, *args)
     assert result.returncode == 1
     assert message in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_duplicate_system_is_refused(env: dict[str, str]) -> None:
-    assert cli(env, "systems", "add", "crm").returncode == 0
-    again = cli(env, "systems", "add", "crm")
+    assert cli_here(env, "systems", "add", "crm").returncode == 0
+    again = cli_here(env, "systems", "add", "crm")
     assert again.returncode == 1
     assert "already exists" in again.stderr
 
 
 def test_tokens_issue_and_revoke_by_prefix_and_systems_list(env: dict[str, str], tmp_path: Path) -> None:
-    first = cli(env, "systems", "add", "oa", "--scopes", "generate").stdout.strip().splitlines()[-1]
-    second = cli(env, "tokens", "issue", "oa").stdout.strip().splitlines()[-1]
+    first = cli_here(env, "systems", "add", "oa", "--scopes", "generate").stdout.strip().splitlines()[-1]
+    second = cli_here(env, "tokens", "issue", "oa").stdout.strip().splitlines()[-1]
     assert first != second
-    revoked = cli(env, "tokens", "revoke", first[:12])
+    revoked = cli_here(env, "tokens", "revoke", first[:12])
     assert revoked.returncode == 0, revoked.stderr
-    listed = json.loads(cli(env, "systems", "list", "--json").stdout)
+    listed = json.loads(cli_here(env, "systems", "list", "--json").stdout)
     assert listed == [
         {
             "name": "oa",
@@ -81,7 +82,7 @@ def test_tokens_issue_and_revoke_by_prefix_and_systems_list(env: dict[str, str],
 
 
 def test_the_database_stores_only_hashes_of_keys(env: dict[str, str], tmp_path: Path) -> None:
-    token = cli(env, "systems", "add", "crm").stdout.strip().splitlines()[-1]
+    token = cli_here(env, "systems", "add", "crm").stdout.strip().splitlines()[-1]
     raw = (tmp_path / "imagegate.db").read_bytes()
     wal = tmp_path / "imagegate.db-wal"
     raw += wal.read_bytes() if wal.exists() else b""
@@ -90,14 +91,14 @@ def test_the_database_stores_only_hashes_of_keys(env: dict[str, str], tmp_path: 
 
 
 def test_migrate_is_idempotent(env: dict[str, str]) -> None:
-    assert cli(env, "migrate").returncode == 0
-    again = cli(env, "migrate")
+    assert cli_here(env, "migrate").returncode == 0
+    again = cli_here(env, "migrate")
     assert again.returncode == 0
     assert "up to date" in again.stdout
 
 
 def test_worker_without_redis_explains_what_to_do(env: dict[str, str]) -> None:
-    result = cli(env, "worker")
+    result = cli_here(env, "worker")
     assert result.returncode == 2
     assert "IMAGEGATE_REDIS_URL" in result.stderr
 
@@ -132,13 +133,13 @@ def test_serve_demo_prints_three_keys_that_work_and_survive_a_restart(env: dict[
 
 
 def test_revoke_matches_the_prefix_case_sensitively(env: dict[str, str]) -> None:
-    token = cli(env, "systems", "add", "crm").stdout.strip().splitlines()[-1]
+    token = cli_here(env, "systems", "add", "crm").stdout.strip().splitlines()[-1]
     swapped = token[:12].swapcase().replace("IGW_", "igw_")
     if swapped == token[:12]:
         pytest.skip("the random prefix has no letters to swap")
-    result = cli(env, "tokens", "revoke", swapped)
+    result = cli_here(env, "tokens", "revoke", swapped)
     assert result.returncode == 1
-    listed = json.loads(cli(env, "systems", "list", "--json").stdout)
+    listed = json.loads(cli_here(env, "systems", "list", "--json").stdout)
     assert listed[0]["tokens"] == [{"prefix": token[:12], "revoked": False}]
 
 
@@ -147,13 +148,13 @@ def test_var_dir_alone_places_the_database_and_assets_under_it(tmp_path: Path) -
     for key in ("IMAGEGATE_DATABASE_URL", "IMAGEGATE_ASSET_DIR"):
         env.pop(key)
     env["IMAGEGATE_VAR_DIR"] = str(tmp_path / "deep" / "state")
-    result = cli(env, "systems", "add", "crm")
+    result = cli_here(env, "systems", "add", "crm")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "deep" / "state" / "imagegate.db").is_file()
 
 
 def test_systems_add_oauth_prints_the_client_credentials_on_stdout_only(env: dict[str, str]) -> None:
-    result = cli(env, "systems", "add", "erp", "--oauth")
+    result = cli_here(env, "systems", "add", "erp", "--oauth")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
     client_id = lines[0].removeprefix("client_id=")
@@ -162,18 +163,18 @@ def test_systems_add_oauth_prints_the_client_credentials_on_stdout_only(env: dic
     assert lines[-1].startswith("igw_")
     assert secret not in result.stderr
 
-    as_json = json.loads(cli(env, "systems", "add", "erp2", "--oauth", "--json").stdout)
+    as_json = json.loads(cli_here(env, "systems", "add", "erp2", "--oauth", "--json").stdout)
     assert as_json["client_id"].startswith("cli_") and as_json["client_secret"].startswith("igs_")
 
 
 def test_set_quota_sets_and_clears_limits(env: dict[str, str]) -> None:
-    cli(env, "systems", "add", "crm")
+    cli_here(env, "systems", "add", "crm")
 
-    first = cli(env, "systems", "set-quota", "crm", "--images-per-day", "50", "--concurrent-jobs", "4", "--json")
-    cleared = cli(env, "systems", "set-quota", "crm", "--clear", "images-per-day", "--json")
-    unknown = cli(env, "systems", "set-quota", "crm", "--clear", "bananas")
-    nothing = cli(env, "systems", "set-quota", "crm")
-    missing = cli(env, "systems", "set-quota", "nope", "--images-per-day", "1")
+    first = cli_here(env, "systems", "set-quota", "crm", "--images-per-day", "50", "--concurrent-jobs", "4", "--json")
+    cleared = cli_here(env, "systems", "set-quota", "crm", "--clear", "images-per-day", "--json")
+    unknown = cli_here(env, "systems", "set-quota", "crm", "--clear", "bananas")
+    nothing = cli_here(env, "systems", "set-quota", "crm")
+    missing = cli_here(env, "systems", "set-quota", "nope", "--images-per-day", "1")
 
     assert json.loads(first.stdout)["limits"]["images_per_day"] == 50
     limits = json.loads(cleared.stdout)["limits"]

@@ -208,10 +208,10 @@ async def test_the_preview_refuses_what_a_job_would_refuse(embedded: Stack) -> N
 async def test_a_record_nested_too_deeply_is_refused_as_the_record(embedded: Stack) -> None:
     design = await embedded.system("design", scopes="generate,batch,templates:write")
     deep: dict[str, object] = {"title": "x"}
-    for _ in range(21):
+    for _ in range(20):  # {"title"} 21 levels down
         deep = {"a": deep}
     fine: dict[str, object] = {"title": "x"}
-    for _ in range(19):
+    for _ in range(19):  # 20 levels down: the most there may be
         fine = {"a": fine}
 
     refused = [
