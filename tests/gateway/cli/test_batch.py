@@ -37,6 +37,7 @@ from gateway.cli.batch import (
     stems_of,
 )
 from tests.conftest import Stack, auth, start_stack
+from tests.gateway.recipes.test_recipes import REPORT
 from tests.live import serve_asgi
 from tests.processes import cli, env_for
 
@@ -731,14 +732,8 @@ async def test_options_are_passed_through(live: Live, tmp_path: Path) -> None:
 
 
 async def test_sections_a_report_leaves_out_are_in_the_summary(live: Live, tmp_path: Path) -> None:
-    report = {
-        "id": "R-7",
-        "title": "季度报告",
-        "sections": [
-            {"type": "executive_summary", "title": "摘要", "content": "营收同比增长,新客户数量创新高。"},
-            {"type": "appendix", "title": "附录", "content": "数据口径说明。"},
-        ],
-    }
+    summary, _, appendix = REPORT["sections"][:3]
+    report = {**REPORT, "sections": [summary, appendix]}
     out = tmp_path / "out"
     result = await run_batch(
         live, "-", "--recipe", "oa.report_illustrations", "--out", str(out),
