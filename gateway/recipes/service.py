@@ -130,7 +130,7 @@ async def prepare(
         body = _body(item, run, base_seeds)
         try:
             rendered = await templates.render(template, item.record)
-            body = jobs.with_template(body, rendered)
+            body = _seeded(jobs.with_template(body, rendered), item, base_seeds)
         except ValidationFailed as exc:
             exc.message = f"{name}: {exc.message}"
             raise
@@ -256,13 +256,9 @@ def _body(item: Planned, run: RecipeRun, base_seeds: dict[str, int]) -> JobCreat
     override = run.options.roles.get(item.role)
     overridden = override.model_dump(exclude_unset=True) if override is not None else {}
     values.update(overridden)
-    if item.seed_offset is not None:  # repeated jobs: distinct seeds from one base (given, or random)
-        if item.role not in base_seeds:
-            given = values.get("seed", -1)
-            base_seeds[item.role] = given if given >= 0 else secrets.randbelow(MAX_SEED + 1)
-        values["seed"] = (base_seeds[item.role] + item.seed_offset) % (MAX_SEED + 1)
-    elif overridden.get("seed", -1) >= 0:  # one seed for a role of several jobs: consecutive, not one picture
-        values["seed"] = (overridden["seed"] + item.index) % (MAX_SEED + 1)
+    if item.seed_offset is not None and item.role not in base_seeds:  # repeated jobs: seeds from one base
+        given = values.get("seed", -1)
+        base_seeds[item.role] = given if given >= 0 else secrets.randbelow(MAX_SEED + 1)
     try:
         return JobCreate.model_validate(values)
     except ValidationError as exc:
@@ -270,6 +266,18 @@ def _body(item: Planned, run: RecipeRun, base_seeds: dict[str, int]) -> JobCreat
         field = ".".join(str(p) for p in error["loc"])
         where = f"options.roles.{item.role}.{field}" if error["loc"] and error["loc"][0] in overridden else field
         raise _refused(where, str(error["msg"])) from None
+
+
+def _seeded(body: JobCreate, item: Planned, base_seeds: dict[str, int]) -> JobCreate:
+    """Distinct seeds for the jobs of one role: job k's images start at base + k x n (image i of a job uses
+    seed + i), from the role's random or given base (``repeat``) or from a seed the role's options gave."""
+    if item.seed_offset is not None:
+        base, offset = base_seeds[item.role], item.seed_offset
+    elif body.seed >= 0 and item.index > 0:  # a given seed for a role of several jobs: not one picture each
+        base, offset = body.seed, item.index
+    else:
+        return body
+    return body.model_copy(update={"seed": (base + offset * body.n) % (MAX_SEED + 1)})
 
 
 async def create_batch(

@@ -246,6 +246,21 @@ async def test_a_given_seed_makes_a_repeat_roles_seeds_consecutive(embedded: Sta
     assert [j["job"]["seed"] for j in response.json()["jobs"]] == [100, 101, 102]
 
 
+async def test_jobs_of_several_images_never_share_a_seed(embedded: Stack) -> None:
+    # Image i of a job uses seed + i: job k of a role starts at base + k x n, so no two images are one picture.
+    design = await embedded.system("design", "generate,batch")
+    crm = await embedded.system("crm", "generate,batch")
+
+    icons = await run(
+        embedded, design, "design.asset_batch", {**BRIEF, "count": 3}, roles={"icons": {"seed": 100, "n": 2}}
+    )
+    details = await run(embedded, crm, "crm.product_images", PRODUCT, roles={"detail": {"seed": 7, "n": 3}})
+
+    assert [j["job"]["seed"] for j in icons.json()["jobs"]] == [100, 102, 104]
+    seeds = {j["name"]: j["job"]["seed"] for j in details.json()["jobs"]}
+    assert (seeds["detail-1"], seeds["detail-2"], seeds["detail-3"]) == (7, 10, 13)
+
+
 async def test_a_given_seed_makes_an_each_roles_seeds_consecutive(embedded: Stack) -> None:
     crm = await embedded.system("crm", "generate,batch")
 
