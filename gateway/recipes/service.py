@@ -127,7 +127,7 @@ async def prepare(
     screenings: dict[tuple[str, str], Screened] = {}  # repeated jobs often share their prompt
     prepared: list[Prepared] = []
     for position, ((item, template), name) in enumerate(zip(chosen, names, strict=True)):
-        body = _body(item, run, base_seeds)
+        body = _body(item, run)
         try:
             rendered = await templates.render(template, item.record)
             body = _seeded(jobs.with_template(body, rendered), item, base_seeds)
@@ -243,7 +243,7 @@ def _names(roles: list[str]) -> list[str]:
     return names
 
 
-def _body(item: Planned, run: RecipeRun, base_seeds: dict[str, int]) -> JobCreate:
+def _body(item: Planned, run: RecipeRun) -> JobCreate:
     """The job's explicit parameters (options, then the role's overrides): they win over the template's.
 
     The prompt is a stand-in until the template is rendered (``with_template`` replaces it); the record is not
@@ -256,9 +256,6 @@ def _body(item: Planned, run: RecipeRun, base_seeds: dict[str, int]) -> JobCreat
     override = run.options.roles.get(item.role)
     overridden = override.model_dump(exclude_unset=True) if override is not None else {}
     values.update(overridden)
-    if item.seed_offset is not None and item.role not in base_seeds:  # repeated jobs: seeds from one base
-        given = values.get("seed", -1)
-        base_seeds[item.role] = given if given >= 0 else secrets.randbelow(MAX_SEED + 1)
     try:
         return JobCreate.model_validate(values)
     except ValidationError as exc:
@@ -272,6 +269,8 @@ def _seeded(body: JobCreate, item: Planned, base_seeds: dict[str, int]) -> JobCr
     """Distinct seeds for the jobs of one role: job k's images start at base + k x n (image i of a job uses
     seed + i), from the role's random or given base (``repeat``) or from a seed the role's options gave."""
     if item.seed_offset is not None:
+        if item.role not in base_seeds:  # the role's first job: its given seed, else a random one
+            base_seeds[item.role] = body.seed if body.seed >= 0 else secrets.randbelow(MAX_SEED + 1)
         base, offset = base_seeds[item.role], item.seed_offset
     elif body.seed >= 0 and item.index > 0:  # a given seed for a role of several jobs: not one picture each
         base, offset = body.seed, item.index
